@@ -1,0 +1,202 @@
+"""Turn one :class:`RawBlock` into an Arrow table of activities plus dead-letter records.
+
+This is the hot path. Records travel as Arrow tables from here on. For JSON lines a vectorized
+fast path (DuckDB's JSON functions over the block's lines) accepts the rows that are plainly
+valid; every other row goes through the reference functions in ``records.py``, so both paths
+give the same answer by construction (and tests check it on tricky inputs).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from insights_link.contract import activity_schema
+from insights_link.inputs import RawBlock
+from insights_link.records import (
+    Activity,
+    Rejection,
+    check_event,
+    decode_avro_record,
+    decode_csv_row,
+    decode_json_bytes,
+)
+
+RANK = "_rank"
+POSITION = "_position"
+
+
+@dataclass(frozen=True)
+class ActivitySpec:
+    """What one activity table needs from the run: names, type, extra properties, run values."""
+
+    name: str
+    activity_type: str
+    properties: tuple[str, ...]
+    run_id: str
+    last_updated: datetime
+
+    def schema(self) -> pa.Schema:
+        """The Parquet schema of this table."""
+        return activity_schema(self.properties)
+
+    def work_schema(self) -> pa.Schema:
+        """The schema while rows travel: the table's columns plus the dedupe tie-breakers."""
+        return self.schema().append(pa.field(RANK, pa.int32())).append(pa.field(POSITION, pa.int64()))
+
+
+@dataclass
+class BlockResult:
+    """The outcome of one block: valid rows, dead letters and how many records were read."""
+
+    table: pa.Table
+    dead_letters: list[dict] = field(default_factory=list)
+    records_read: int = 0
+
+    def rejected(self) -> Counter:
+        return Counter(d["reason"] for d in self.dead_letters)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return str(value)
+
+
+def payload_of(block: RawBlock, i: int) -> Any:
+    """What a dead letter keeps: a JSON line's exact text, otherwise the record as JSON."""
+    raw = block.payloads[i]
+    if block.fmt == "jsonl":
+        return raw.decode("utf-8", errors="surrogateescape")
+    if block.fmt == "csv":
+        header = block.header or []
+        return {name: raw[j] if j < len(raw) else None for j, name in enumerate(header)} | (
+            {"_extra": raw[len(header):]} if len(raw) > len(header) else {}
+        )
+    return json.loads(json.dumps(raw, default=_json_default))
+
+
+def decode(block: RawBlock, i: int) -> dict | Rejection:
+    """Decode record ``i`` of ``block`` with the reference decoders."""
+    raw = block.payloads[i]
+    if block.fmt == "jsonl":
+        return decode_json_bytes(raw)
+    if block.fmt == "csv":
+        return decode_csv_row(block.header or [], raw)
+    return decode_avro_record(raw)
+
+
+def dead_letter(block: RawBlock, i: int, rejection: Rejection, run_id: str) -> dict:
+    """One dead-letter object for record ``i`` of ``block``."""
+    return {
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "source": block.source,
+        "position": block.positions[i],
+        "payload": payload_of(block, i),
+        "run_id": run_id,
+    }
+
+
+def rows_to_table(spec: ActivitySpec, rows: list[tuple[int, int, Activity]]) -> pa.Table:
+    """Build the work table from reference-path activities: (rank, position, activity)."""
+    n_props = len(spec.properties)
+    columns: dict[str, list] = {
+        "ActivityId": [a.activity_id for _, _, a in rows],
+        "CustomerId": [a.customer_id for _, _, a in rows],
+        "ActivityTime": [a.activity_time for _, _, a in rows],
+        "EventActivity": [a.event_name or spec.name for _, _, a in rows],
+        "WebAddress": [a.web_address for _, _, a in rows],
+        "Details": [a.details for _, _, a in rows],
+        "ActivityType": [spec.activity_type] * len(rows),
+        "LastUpdated": [spec.last_updated] * len(rows),
+    }
+    schema = spec.work_schema()
+    for j in range(n_props):
+        columns[schema.field(8 + j).name] = [a.properties[j] for _, _, a in rows]
+    columns[RANK] = [r for r, _, _ in rows]
+    columns[POSITION] = [p for _, p, _ in rows]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
+    """Reference path: decode, validate and map each record with the pure functions."""
+    rows: list[tuple[int, int, Activity]] = []
+    dead: list[dict] = []
+    for i in range(len(block.payloads)):
+        event = decode(block, i)
+        outcome = event if isinstance(event, Rejection) else check_event(event, spec.properties)
+        if isinstance(outcome, Rejection):
+            dead.append(dead_letter(block, i, outcome, spec.run_id))
+        else:
+            rows.append((block.rank, block.positions[i], outcome))
+    read = len(block.payloads)
+    if block.unreadable:
+        position, detail = block.unreadable
+        dead.append({"reason": "malformed", "detail": detail, "source": block.source,
+                     "position": position, "payload": None, "run_id": spec.run_id})
+        read += 1
+    return BlockResult(rows_to_table(spec, rows), dead, read)
+
+
+def process_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
+    """Validate and map one block (the entry point the pipeline uses)."""
+    if block.fmt == "jsonl":
+        from insights_link.fastpath import process_jsonl_block
+
+        return process_jsonl_block(block, spec)
+    return process_block_reference(block, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow-level steps after validation: split by date, dedupe, cut into files
+
+
+def split_by_date(table: pa.Table) -> dict[str, pa.Table]:
+    """Rows grouped by the UTC date of ActivityTime: ``{"2024-05-01": table, ...}``."""
+    if table.num_rows == 0:
+        return {}
+    dates = pc.cast(table["ActivityTime"], pa.date32())
+    out = {}
+    for day in pc.unique(dates).to_pylist():
+        out[day.isoformat()] = table.filter(pc.equal(dates, pa.scalar(day, pa.date32())))
+    return out
+
+
+def dedupe(tables: list[pa.Table], existing_ids: pa.Array | None = None) -> tuple[pa.Table, int]:
+    """One row per ActivityId, sorted by ActivityId; returns (rows, duplicates dropped).
+
+    Within the run the copy from the first input file (sorted path) at the lowest position
+    wins, whatever the bundle order; ids already committed (``existing_ids``) are duplicates.
+    """
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    before = table.num_rows
+    if before == 0:
+        return table, 0
+    table = table.sort_by([("ActivityId", "ascending"), (RANK, "ascending"), (POSITION, "ascending")])
+    ids = table["ActivityId"].combine_chunks()
+    if before > 1:
+        first = pc.not_equal(ids.slice(1), ids.slice(0, before - 1))
+        keep = pa.concat_arrays([pa.array([True]), first])
+        table = table.filter(keep)
+    if existing_ids is not None and len(existing_ids):
+        table = table.filter(pc.invert(pc.is_in(table["ActivityId"], value_set=existing_ids)))
+    return table, before - table.num_rows
+
+
+def file_slices(table: pa.Table, max_rows: int) -> list[pa.Table]:
+    """Cut a date's rows into files of at most ``max_rows`` rows (without the work columns)."""
+    table = table.drop_columns([c for c in (RANK, POSITION) if c in table.column_names])
+    if table.num_rows == 0:
+        return []
+    return [table.slice(start, max_rows) for start in range(0, table.num_rows, max_rows)]

@@ -1,0 +1,238 @@
+"""The data-source folder in the lake: layout, committed state, commit and recovery.
+
+Layout below ``LAKE_ROOT/<DataSource>/`` (work in progress only ever in ``_``-folders)::
+
+    default.manifest.cdm.json              the commit point: lists every committed Parquet file
+    <Table>.cdm.json                       entity document per table
+    <Table>/FullData/yyyy/mm/dd/<Table>_yyyymmdd_<run>_<nnn>.parquet
+    _staging/<run>/data/...                a run's files until it commits
+    _staging/<run>/deadletter/*.jsonl.gz   a run's rejected records until it commits
+    _staging/<run>/outcome.json            what the pipeline wrote and counted
+    _staging/<run>/report.json             the run report, staged before the commit point
+    _deadletter/<run>.jsonl.gz             rejected records of committed runs
+    _runs/<run>.json                       run reports
+
+Commit protocol (single-object commit, no folder renames, works on blob stores):
+publish dead letters -> move staged Parquet into the data folders (still unreferenced) -> write
+entity documents -> **write the manifest** (the commit point for data) -> write the run report
+(the commit point for a run without data) -> delete staging. A run that dies leaves its staging
+folder behind; the next run's :meth:`Lake.recover` rolls it forward when the manifest already
+references its files, and back otherwise, deleting every unreferenced Parquet file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from insights_link.contract import Column
+from insights_link.manifest import (
+    MANIFEST_FILE,
+    TableState,
+    entity_columns,
+    entity_document,
+    manifest_document,
+    parse_manifest,
+)
+from insights_link.storage import Storage, join
+
+logger = logging.getLogger(__name__)
+
+
+class LakeError(RuntimeError):
+    """The data-source folder is in a state this run must not touch; the message says why."""
+
+
+def partition_folder(table: str, date: str) -> str:
+    """``WebLog``, ``2024-05-01`` -> ``WebLog/FullData/2024/05/01``."""
+    year, month, day = date.split("-")
+    return f"{table}/FullData/{year}/{month}/{day}"
+
+
+def partition_file(table: str, date: str, run_id: str, index: int) -> str:
+    """A Parquet file's key relative to the data-source folder; the date shows in the name."""
+    return f"{partition_folder(table, date)}/{table}_{date.replace('-', '')}_{run_id}_{index:03d}.parquet"
+
+
+def date_of_partition(location: str) -> str | None:
+    """The event date a partition location holds (``.../FullData/2024/05/01/x`` -> ``2024-05-01``)."""
+    parts = location.split("/")
+    if len(parts) >= 6 and parts[1] == "FullData":
+        return f"{parts[2]}-{parts[3]}-{parts[4]}"
+    return None
+
+
+@dataclass
+class LakeState:
+    """The committed state a run starts from."""
+
+    tables: dict[str, TableState]
+    columns: dict[str, list[str]]
+    committed_inputs: dict[str, str]  # input fingerprint -> run id that committed it
+
+    def partitions_by_date(self, table: str) -> dict[str, list[str]]:
+        """Committed partition locations of ``table`` grouped by event date."""
+        grouped: dict[str, list[str]] = {}
+        state = self.tables.get(table)
+        for location in state.partitions if state else []:
+            date = date_of_partition(location)
+            if date:
+                grouped.setdefault(date, []).append(location)
+        return grouped
+
+
+class Lake:
+    """One data-source folder on a :class:`Storage`."""
+
+    def __init__(self, storage: Storage, data_source: str) -> None:
+        self.storage = storage
+        self.data_source = data_source
+
+    def key(self, *parts: str) -> str:
+        """A key below the data-source folder."""
+        return join(self.data_source, *parts)
+
+    def staging(self, run_id: str, *parts: str) -> str:
+        return self.key("_staging", run_id, *parts)
+
+    def describe(self) -> str:
+        return self.storage.describe(self.data_source)
+
+    # -- reading the committed state ---------------------------------------------------------
+
+    def read_tables(self) -> dict[str, TableState]:
+        key = self.key(MANIFEST_FILE)
+        if not self.storage.exists(key):
+            return {}
+        return parse_manifest(self.storage.read_bytes(key))
+
+    def read_state(self) -> LakeState:
+        tables = self.read_tables()
+        columns = {}
+        for name in tables:
+            doc_key = self.key(f"{name}.cdm.json")
+            if self.storage.exists(doc_key):
+                columns[name] = entity_columns(self.storage.read_bytes(doc_key))
+        committed: dict[str, str] = {}
+        for report in self.run_reports():
+            if report.get("status") == "committed":
+                for entry in report.get("inputs", []):
+                    if entry.get("status") == "processed":
+                        committed[entry["fingerprint"]] = report["run_id"]
+        return LakeState(tables, columns, committed)
+
+    def run_reports(self) -> list[dict]:
+        reports = []
+        for obj in self.storage.list(self.key("_runs")):
+            if obj.key.endswith(".json"):
+                reports.append(json.loads(self.storage.read_bytes(obj.key)))
+        return reports
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Finish or undo runs that died; returns the run ids found. Call under the lock."""
+        leftovers = sorted({
+            obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))
+        })
+        if not leftovers:
+            return []
+        tables = self.read_tables()
+        referenced = {loc for t in tables.values() for loc in t.partitions}
+        rolled_back = False
+        for run_id in leftovers:
+            report_key = self.key("_runs", f"{run_id}.json")
+            staged_report = self.staging(run_id, "report.json")
+            if self.storage.exists(report_key):
+                logger.info("run %s had committed; removing its staging folder", run_id)
+            elif any(f"_{run_id}_" in loc for loc in referenced) and self.storage.exists(staged_report):
+                logger.warning("run %s died after its commit point; finishing it", run_id)
+                self.storage.write_bytes(report_key, self.storage.read_bytes(staged_report))
+            else:
+                logger.warning("run %s died before committing; removing what it wrote", run_id)
+                self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
+                rolled_back = True
+            self.storage.delete_prefix(self.staging(run_id))
+        if rolled_back:
+            self._sweep_unreferenced(referenced)
+        return leftovers
+
+    def _sweep_unreferenced(self, referenced: set[str]) -> None:
+        prefix = self.key()
+        for obj in self.storage.list(prefix):
+            rel = obj.key[len(prefix) + 1:]
+            if rel.startswith("_") or not rel.endswith(".parquet"):
+                continue
+            if rel not in referenced:
+                logger.warning("deleting unreferenced file %s", rel)
+                self.storage.delete(obj.key)
+
+    # -- committing --------------------------------------------------------------------------
+
+    def commit(
+        self,
+        run_id: str,
+        report: dict,
+        files: list[dict],
+        dead_letter_keys: list[str],
+        table_columns: dict[str, tuple[Column, ...]],
+    ) -> dict:
+        """Publish a run's staged output; returns the report as written (status committed).
+
+        ``files``: [{"staged": key, "location": relative location, "table": name}, ...].
+        """
+        report = dict(report, status="committed")
+        if dead_letter_keys:
+            report["dead_letters"] = f"_deadletter/{run_id}.jsonl.gz"
+        report["partitions_written"] = sorted(f["location"] for f in files)
+        report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
+        if dead_letter_keys:
+            self._publish_dead_letters(run_id, dead_letter_keys)
+        for f in files:
+            self.storage.move(f["staged"], self.key(f["location"]))
+        if files:
+            tables = self.read_tables()
+            for name, columns in table_columns.items():
+                doc = entity_document(name, columns)
+                doc_key = self.key(f"{name}.cdm.json")
+                if not self.storage.exists(doc_key) or self.storage.read_bytes(doc_key) != doc:
+                    self.storage.write_bytes(doc_key, doc)
+                tables.setdefault(name, TableState(name))
+            for f in files:
+                tables[f["table"]].partitions.append(f["location"])
+            self.storage.write_bytes(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables))
+        self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)
+        self.storage.delete_prefix(self.staging(run_id))
+        return report
+
+    def _publish_dead_letters(self, run_id: str, keys: Iterable[str]) -> None:
+        """Concatenate the staged gzip members into one file (a valid multi-member gzip)."""
+        with self.storage.open_write(self.key("_deadletter", f"{run_id}.jsonl.gz")) as out:
+            for key in sorted(keys):
+                out.write(self.storage.read_bytes(key))
+
+    def record_failure(self, run_id: str, report: dict) -> None:
+        """Undo a failed run's staged output and keep a report saying why."""
+        self.storage.delete_prefix(self.staging(run_id))
+        data = dict(report, status="failed")
+        self.storage.write_bytes(
+            self.key("_runs", f"{run_id}.json"),
+            (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        )
+
+
+def gzip_lines(records: Iterable[dict]) -> bytes:
+    """Dead-letter records as one gzip member of JSON lines (deterministic: mtime 0)."""
+    return gzip.compress(b"".join(_json_line(r) for r in records), mtime=0)
+
+
+def _json_line(record: dict) -> bytes:
+    text = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # invalid UTF-8 kept as escaped surrogates: still valid JSON
+        return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")

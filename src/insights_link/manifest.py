@@ -1,0 +1,87 @@
+"""CDM documents for a data-source folder: the manifest and one entity document per table.
+
+Built as plain JSON in the form Microsoft's CDM object model loads (see tests). Partition
+locations are relative to the manifest's folder so the folder can be copied or moved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from insights_link.contract import Column
+
+MANIFEST_FILE = "default.manifest.cdm.json"
+PARQUET_TRAIT = "is.partition.format.parquet"
+_IMPORTS = [{"corpusPath": "cdm:/foundations.cdm.json"}]
+
+
+class ManifestError(ValueError):
+    """The data-source folder holds a manifest this tool cannot read or extend."""
+
+
+@dataclass
+class TableState:
+    """What the committed manifest says about one table: its partition locations."""
+
+    name: str
+    partitions: list[str] = field(default_factory=list)
+
+
+def entity_document(table: str, columns: tuple[Column, ...]) -> bytes:
+    """The ``<Table>.cdm.json`` entity document: columns with CDM types, ActivityId as key."""
+    attributes = []
+    for c in columns:
+        attribute = {"name": c.name, "dataType": c.cdm_type}
+        if c.primary_key:
+            attribute["purpose"] = "identifiedBy"
+        attributes.append(attribute)
+    doc = {
+        "jsonSchemaSemanticVersion": "1.0.0",
+        "imports": _IMPORTS,
+        "definitions": [{"entityName": table, "hasAttributes": attributes}],
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def entity_columns(document: bytes) -> list[str]:
+    """The column names an entity document declares."""
+    doc = json.loads(document)
+    return [a["name"] for a in doc["definitions"][0]["hasAttributes"]]
+
+
+def manifest_document(data_source: str, tables: dict[str, TableState]) -> bytes:
+    """The manifest listing every committed Parquet file of every table as a data partition."""
+    entities = []
+    for name in sorted(tables):
+        entities.append({
+            "type": "LocalEntity",
+            "entityName": name,
+            "entityPath": f"{name}.cdm.json/{name}",
+            "dataPartitions": [
+                {"location": location, "exhibitsTraits": [{"traitReference": PARQUET_TRAIT}]}
+                for location in sorted(tables[name].partitions)
+            ],
+        })
+    doc = {
+        "jsonSchemaSemanticVersion": "1.0.0",
+        "imports": _IMPORTS,
+        "manifestName": data_source,
+        "explanation": "Activity data source written by insights-link",
+        "entities": entities,
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def parse_manifest(document: bytes) -> dict[str, TableState]:
+    """Tables and partitions of a manifest this tool wrote."""
+    try:
+        doc = json.loads(document)
+        tables = {}
+        for entity in doc.get("entities", []):
+            name = entity["entityName"]
+            locations = [p["location"] for p in entity.get("dataPartitions", [])]
+            tables[name] = TableState(name, locations)
+        return tables
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"cannot read the existing manifest: {exc}") from exc

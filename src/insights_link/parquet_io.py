@@ -1,0 +1,32 @@
+"""Parquet files in the lake: written snappy with INT64 UTC timestamps (never INT96)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insights_link.storage import Storage
+
+
+def write_parquet(storage: Storage, key: str, table: pa.Table, schema: pa.Schema) -> int:
+    """Write ``table`` (cast to the explicit ``schema``) as one Parquet object; returns rows."""
+    table = table.select(schema.names).cast(schema)
+    with storage.open_write(key) as out:
+        pq.write_table(
+            table,
+            out,
+            compression="snappy",
+            coerce_timestamps="us",
+            use_deprecated_int96_timestamps=False,
+            row_group_size=1 << 20,
+        )
+    return table.num_rows
+
+
+def read_ids(storage: Storage, keys: list[str]) -> pa.Array:
+    """The ActivityId values of committed files (only that column is read)."""
+    arrays = []
+    for key in keys:
+        with storage.open_read(key) as f:
+            arrays.extend(pq.read_table(f, columns=["ActivityId"])["ActivityId"].chunks)
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
