@@ -56,7 +56,7 @@ def check_name(value: str, what: str) -> str:
 
 def cdm_safe_name(prop: str) -> str:
     """Column name for a pass-through Signal property: ``Signal.Session.Id`` -> ``SignalSessionId``."""
-    name = re.sub(r"[^A-Za-z0-9_]", "", prop.replace(".", " ").title().replace(" ", ""))
+    name = re.sub(r"[^A-Za-z0-9_]", "", "".join(p[:1].upper() + p[1:] for p in prop.split(".")))
     if not name or not name[0].isalpha():
         raise ContractError(f"property {prop!r} does not make a valid column name")
     return name

@@ -25,6 +25,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -40,6 +42,16 @@ from insights_link.manifest import (
 from insights_link.storage import Storage, join
 
 logger = logging.getLogger(__name__)
+
+
+def failpoint(name: str) -> None:
+    """Crash-test hook: ``INSIGHTS_LINK_KILL_AT=<name>`` SIGKILLs this process at that step.
+
+    Lets the kill-and-rerun tests stop a real process at each step of the commit protocol,
+    deterministically, instead of guessing with timers.
+    """
+    if os.environ.get("INSIGHTS_LINK_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LakeError(RuntimeError):
@@ -189,11 +201,16 @@ class Lake:
             report["dead_letters"] = f"_deadletter/{run_id}.jsonl.gz"
         report["partitions_written"] = sorted(f["location"] for f in files)
         report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        failpoint("before_commit")
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
         if dead_letter_keys:
             self._publish_dead_letters(run_id, dead_letter_keys)
-        for f in files:
+        failpoint("after_dead_letters")
+        for i, f in enumerate(files):
             self.storage.move(f["staged"], self.key(f["location"]))
+            if i == 0:
+                failpoint("after_first_move")
+        failpoint("after_moves")
         if files:
             tables = self.read_tables()
             for name, columns in table_columns.items():
@@ -205,7 +222,9 @@ class Lake:
             for f in files:
                 tables[f["table"]].partitions.append(f["location"])
             self.storage.write_bytes(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables))
+        failpoint("after_manifest")
         self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)
+        failpoint("after_report")
         self.storage.delete_prefix(self.staging(run_id))
         return report
 

@@ -102,7 +102,7 @@ def decode_csv_row(header: list[str], row: list[str]) -> dict | Rejection:
         )
     if any("\udc80" <= ch <= "\udcff" for cell in row for ch in cell):
         return Rejection("malformed", "malformed: invalid UTF-8 in CSV row")
-    return {name: value for name, value in zip(header, row) if value != ""}
+    return {name: value for name, value in zip(header, row, strict=True) if value != ""}
 
 
 def field_value(event: dict, dotted: str) -> Any:

@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
-from insights_link.lake import partition_file
+from insights_link.lake import failpoint, partition_file
 from insights_link.parquet_io import read_ids, write_parquet
 from insights_link.storage import join, open_storage
 
@@ -155,6 +155,7 @@ class WriteParquetFn(beam.DoFn):
             location = partition_file(table_name, day, self.spec.run_id, index)
             staged = join(self.data_source, "_staging", self.spec.run_id, "data", location)
             written += write_parquet(self.storage, staged, piece, self.schema)
+            failpoint("after_staged_file")
             files.append({"staged": staged, "location": location, "table": table_name,
                           "date": day, "rows": piece.num_rows})
         self.written.inc(written)

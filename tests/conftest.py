@@ -1,0 +1,90 @@
+"""Shared fixtures: input builders, a CLI runner (real processes) and lake readers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def event(eid, ts="2024-05-01T10:00:00Z", user="u1", uri="https://contoso.com/p", action="Email promo",
+          name="EmailPromoClick", **extra):
+    """A nested refined event; pass None to drop a field."""
+    signal = {"Export": {"Id": eid}, "User": {"Id": user}, "Timestamp": ts, "View": {"Uri": uri},
+              "Action": {"Name": action}, "Name": name}
+    signal = {k: v for k, v in signal.items() if v is not None and v != {"Id": None} and v != {"Uri": None}
+              and v != {"Name": None}}
+    signal.update(extra)
+    return {"Signal": signal}
+
+
+def write_jsonl(path: Path, records, gz: bool = False) -> Path:
+    """Write records (dicts, or str lines written as they are) as JSON lines."""
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path.write_bytes(gzip.compress(text.encode("utf-8")))
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``insights-link`` as a real process, as a scheduler would start it."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "insights_link.cli", *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+    )
+
+
+def manifest_locations(data_source: Path) -> list[str]:
+    doc = json.loads((data_source / "default.manifest.cdm.json").read_text())
+    return sorted(p["location"] for e in doc["entities"] for p in e["dataPartitions"])
+
+
+def read_activities(data_source: Path) -> pa.Table:
+    """Every row the manifest references, sorted by ActivityId."""
+    tables = [pq.read_table(data_source / loc) for loc in manifest_locations(data_source)]
+    return pa.concat_tables(tables).sort_by("ActivityId")
+
+
+def parquet_files(data_source: Path) -> list[str]:
+    """Every Parquet file below the data-source folder outside ``_`` folders."""
+    return sorted(str(p.relative_to(data_source)) for p in data_source.rglob("*.parquet")
+                  if not any(part.startswith("_") for part in p.relative_to(data_source).parts))
+
+
+def dead_letters(data_source: Path) -> list[dict]:
+    rows = []
+    for f in sorted((data_source / "_deadletter").glob("*.jsonl.gz")):
+        rows.extend(json.loads(line) for line in gzip.decompress(f.read_bytes()).decode().splitlines())
+    return rows
+
+
+def run_reports(data_source: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((data_source / "_runs").glob("*.json"))]
+
+
+def duckdb_rows(data_source: Path) -> list[tuple]:
+    """The same rows read back by DuckDB (an independent Parquet reader)."""
+    files = [str(data_source / loc) for loc in manifest_locations(data_source)]
+    return duckdb.sql(
+        f"select ActivityId, CustomerId, epoch_us(ActivityTime) from read_parquet({files!r}) order by 1"
+    ).fetchall()
+
+
+@pytest.fixture
+def lake(tmp_path) -> Path:
+    return tmp_path / "lake"
