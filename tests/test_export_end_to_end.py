@@ -12,6 +12,7 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from cdm_check import load_data_source
 from conftest import (
     dead_letters,

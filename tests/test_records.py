@@ -1,6 +1,6 @@
 """The contract's pure functions, as tables: decode, validate, map. No Beam, no storage."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -38,7 +38,7 @@ def nested(**over):
     return {"Signal": signal}
 
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -45,6 +45,29 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+class _QuietDependencies(logging.Filter):
+    """Our INFO lines, other libraries' warnings, minus Beam's import-time noise about GCP."""
+
+    NOISE = ("apitools not found", "bigquery_storage", "Converting string literal type hint")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("insights_link"):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines to stderr; stdout is kept for the summary."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_QuietDependencies())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -53,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] != "export":
         print(f"insights-link: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     from insights_link.pipeline import RunFailed, UsageError, run
 
     try:

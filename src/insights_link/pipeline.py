@@ -95,9 +95,16 @@ class RunConfig:
     beam_args: list[str] = field(default_factory=list)
 
 
+class _StrictParser(_BeamArgumentParser):
+    """Beam's parser, raising UsageError with argparse's one-line message instead of exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
 def _all_options_parser() -> argparse.ArgumentParser:
     """A parser that knows every Beam option and ours, to reject what neither knows."""
-    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    parser = _StrictParser(allow_abbrev=False, add_help=False)
     seen = set()
     for cls in PipelineOptions.__subclasses__():
         if str(cls) not in seen:
@@ -108,10 +115,7 @@ def _all_options_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str], now: datetime | None = None) -> tuple[RunConfig, PipelineOptions]:
     """Parse and check the command line; raises :class:`UsageError` naming the bad value."""
-    try:
-        _known, unknown = _all_options_parser().parse_known_args(argv)
-    except SystemExit as exc:  # argparse reports a bad value itself on stderr
-        raise UsageError("invalid arguments (see the message above)") from exc
+    _known, unknown = _all_options_parser().parse_known_args(argv)
     if unknown:
         raise UsageError(f"unknown argument(s): {' '.join(unknown)} "
                          "(a typo, or an unquoted glob the shell expanded? quote globs)")

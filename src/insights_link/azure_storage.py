@@ -1,0 +1,972 @@
+"""Azure backend of the storage interface: the lake in ADLS Gen2 (or plain Blob storage).
+
+What: :class:`AzureStorage` maps the keys of :mod:`insights_link.storage` to blobs below a
+container ("file system") prefix and implements the same methods as ``LocalStorage``.
+
+Why it looks like this:
+- Bytes move through the **Blob API** (``azure-storage-blob``). Real ADLS Gen2 accounts serve
+  it too, and it is the only API the Azurite emulator implements, so the same code is what the
+  tests exercise. A write is one block-blob commit, so readers never see a partial object.
+- Only the calls that need a hierarchical namespace (ACLs for ``grant_read``) use the DataLake
+  SDK, behind :meth:`AzureStorage.is_hns_enabled`.
+- Every SDK failure becomes a one-line :class:`~insights_link.storage.StorageError` naming the
+  location and the kind of failure, with secrets (account key, SAS, connection string) scrubbed.
+- Transient failures (timeouts, dropped connections, 5xx, 429) are retried with capped,
+  jittered exponential backoff; the numbers can be tuned by environment variables
+  (``INSIGHTS_LINK_AZURE_RETRIES`` and friends, see :class:`RetrySettings`).
+
+Authentication, first match wins: ``AZURE_STORAGE_CONNECTION_STRING`` (also how Azurite is
+reached), ``AZURE_STORAGE_KEY`` (account key for the URL's account), ``AZURE_STORAGE_SAS_TOKEN``,
+else ``azure.identity.DefaultAzureCredential``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from urllib.parse import quote, unquote, urlsplit
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
+from azure.storage.blob import ExponentialRetry as BlobExponentialRetry
+
+from insights_link.storage import ObjectInfo, StorageError, join
+
+if TYPE_CHECKING:
+    from azure.storage.filedatalake import DataLakeServiceClient, FileSystemClient
+
+logger = logging.getLogger(__name__)
+
+ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+ENV_ACCOUNT_KEY = "AZURE_STORAGE_KEY"
+ENV_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
+ENV_RETRIES = "INSIGHTS_LINK_AZURE_RETRIES"
+ENV_BACKOFF = "INSIGHTS_LINK_AZURE_BACKOFF"
+ENV_BACKOFF_MAX = "INSIGHTS_LINK_AZURE_BACKOFF_MAX"
+ENV_CONNECT_TIMEOUT = "INSIGHTS_LINK_AZURE_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "INSIGHTS_LINK_AZURE_READ_TIMEOUT"
+
+# open_write / open_read keep this much in memory before spilling to a temp file.
+SPOOL_MAX_BYTES = 32 * 1024 * 1024
+# How long a pending server-side copy may take before ``move`` gives up.
+COPY_TIMEOUT_SECONDS = 600.0
+# Parallel deletes in ``delete_prefix``.
+DELETE_WORKERS = 8
+
+_FOLDER_MARKER = "hdi_isfolder"  # metadata of directory entries (HNS) and tool-made markers
+_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_HOST_RE = re.compile(r"^(?P<account>[^.]+)\.(?P<service>dfs|blob)\.(?P<suffix>core\.[a-z0-9.-]+)$")
+_OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_URL_FORMS = (
+    "abfss://<filesystem>@<account>.dfs.core.windows.net/<path> or "
+    "https://<account>.dfs.core.windows.net/<filesystem>/<path> or "
+    "https://<account>.blob.core.windows.net/<filesystem>/<path>"
+)
+
+
+class LockBusy(StorageError):
+    """The lock blob is leased by someone else (another run holds the lock)."""
+
+
+# --------------------------------------------------------------------------------------------
+# URLs
+
+
+@dataclass(frozen=True)
+class AzureLocation:
+    """A parsed lake URL: account, file system (container), key prefix and endpoint suffix."""
+
+    url: str  # canonical form of the URL the user gave (no query string, no trailing '/')
+    account: str
+    file_system: str
+    prefix: str  # '' or 'a/b', no leading or trailing '/'
+    endpoint_suffix: str = "core.windows.net"
+
+    @property
+    def blob_account_url(self) -> str:
+        return f"https://{self.account}.blob.{self.endpoint_suffix}"
+
+    @property
+    def dfs_account_url(self) -> str:
+        return f"https://{self.account}.dfs.{self.endpoint_suffix}"
+
+
+def parse_url(url: str) -> AzureLocation:
+    """Parse an ``abfss://``, ``abfs://`` or ``https://`` lake URL; :class:`StorageError` if
+    it is not one (the message names the URL, without any query string)."""
+    shown = url.split("?", 1)[0].split("#", 1)[0]
+
+    def bad(why: str, *, forms: bool = True) -> StorageError:
+        expected = f"; expected {_URL_FORMS}" if forms else ""
+        return StorageError(f"invalid Azure storage URL {shown!r}: {why}{expected}")
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise bad(str(exc)) from exc
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment:
+        raise bad(
+            "remove the query string (put a SAS token in AZURE_STORAGE_SAS_TOKEN instead)",
+            forms=False,
+        )
+    host = (parts.hostname or "").lower()
+    if scheme in ("abfss", "abfs"):
+        if "@" not in parts.netloc or not parts.username:
+            raise bad("the file system name is missing before '@'")
+        file_system, path = unquote(parts.username), parts.path
+        if parts.password is not None:
+            raise bad("unexpected ':' in the file system name")
+    elif scheme == "https":
+        if parts.username is not None:
+            raise bad("unexpected '@' in the host")
+        file_system, _, path = parts.path.lstrip("/").partition("/")
+        file_system = unquote(file_system)
+    elif scheme == "http":
+        raise bad(
+            "plain http is not supported (for Azurite, set AZURE_STORAGE_CONNECTION_STRING and "
+            "use abfss://<container>@devstoreaccount1.dfs.core.windows.net/<path>)"
+        )
+    else:
+        raise bad(f"unsupported scheme {parts.scheme!r}")
+    if port is not None:
+        raise bad("a port is not allowed")
+    match = _HOST_RE.match(host)
+    if not match:
+        raise bad(f"host {host!r} is not <account>.dfs.<suffix> or <account>.blob.<suffix>")
+    account = match["account"]
+    if not _ACCOUNT_RE.match(account):
+        raise bad(
+            f"account name {account!r} must be 3-24 lowercase letters and digits", forms=False
+        )
+    if not file_system:
+        raise bad("the file system (container) name is missing")
+    if not _CONTAINER_RE.match(file_system):
+        raise bad(
+            f"file system name {file_system!r} must be 3-63 lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit",
+            forms=False,
+        )
+    segments = [s for s in unquote(path).split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise bad("'.' and '..' are not allowed in the path", forms=False)
+    prefix = "/".join(segments)
+    tail = f"/{quote(prefix)}" if prefix else ""
+    if scheme == "https":
+        canonical = f"https://{host}/{file_system}{tail}"
+    else:
+        canonical = f"{scheme}://{file_system}@{host}{tail}"
+    return AzureLocation(canonical, account, file_system, prefix, match["suffix"])
+
+
+# --------------------------------------------------------------------------------------------
+# Retries
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Retry and timeout numbers for every Azure request.
+
+    ``retries`` bounds retries per request (connect failures, dropped connections/timeouts,
+    5xx, 408, 429); waits grow ``backoff * 2**(n-1)`` seconds, capped at ``backoff_max``, with
+    +-25 % jitter. Environment overrides: INSIGHTS_LINK_AZURE_RETRIES, _BACKOFF, _BACKOFF_MAX,
+    _CONNECT_TIMEOUT, _READ_TIMEOUT (seconds)."""
+
+    retries: int = 5
+    backoff: float = 0.5
+    backoff_max: float = 8.0
+    connect_timeout: float = 20.0
+    read_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> RetrySettings:
+        defaults = cls()
+        return cls(
+            retries=int(_env_number(ENV_RETRIES, defaults.retries, integer=True)),
+            backoff=_env_number(ENV_BACKOFF, defaults.backoff),
+            backoff_max=_env_number(ENV_BACKOFF_MAX, defaults.backoff_max),
+            connect_timeout=_env_number(ENV_CONNECT_TIMEOUT, defaults.connect_timeout),
+            read_timeout=_env_number(ENV_READ_TIMEOUT, defaults.read_timeout),
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        base = min(self.backoff_max, self.backoff * 2 ** max(attempt - 1, 0))
+        return min(self.backoff_max, base * random.uniform(0.75, 1.25))
+
+    def client_kwargs(self, retry_class: type[Any]) -> dict[str, Any]:
+        """Keyword arguments for a storage SDK client constructor."""
+        policy = retry_class(
+            self,
+            retry_total=self.retries,
+            retry_connect=self.retries,
+            retry_read=self.retries,
+            retry_status=self.retries,
+            retry_to_secondary=False,
+        )
+        return {
+            "retry_policy": policy,
+            "connection_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+        }
+
+
+def _env_number(name: str, default: float, *, integer: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError as exc:
+        kind = "a whole number" if integer else "a number"
+        raise StorageError(f"{name}={raw!r} is not {kind}") from exc
+    if value < 0:
+        raise StorageError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+class _BackoffMixin:
+    """Our backoff and logging on top of the storage SDK's retry policy, plus 429 retries.
+
+    The storage SDK's own policy (kept for its storage-specific bookkeeping) retries connect and
+    read failures, 408 and 5xx but not 429 (Azure Storage throttles with 503); 429 is retried
+    here, honouring ``Retry-After``."""
+
+    def __init__(self, settings: RetrySettings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(**kwargs)
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        return self.settings.delay(int(settings.get("count", 1)))
+
+    def sleep(self, settings: dict[str, Any], transport: Any) -> None:
+        delay = self.get_backoff_time(settings)
+        history = settings.get("history") or []
+        last = history[-1] if history else None
+        if last is not None and last.error is not None:
+            reason = type(last.error).__name__
+        elif last is not None and last.http_response is not None:
+            reason = f"HTTP {last.http_response.status_code}"
+        else:
+            reason = "transient failure"
+        logger.warning(
+            "Azure storage request failed (%s); retry %s of %s in %.1f s",
+            reason,
+            settings.get("count"),
+            self.settings.retries,
+            delay,
+        )
+        transport.sleep(delay)
+
+    def send(self, request: Any) -> Any:
+        body = request.http_request.body
+        position: int | None = None
+        if hasattr(body, "read"):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                position = body.tell()
+        response = super().send(request)  # type: ignore[misc]
+        for attempt in range(1, self.settings.retries + 1):
+            if response.http_response.status_code != 429:
+                break
+            if hasattr(body, "read"):
+                if position is None:
+                    break
+                body.seek(position)
+            delay = _retry_after(response.http_response.headers) or self.settings.delay(attempt)
+            delay = min(delay, self.settings.backoff_max)
+            logger.warning(
+                "Azure storage throttled the request (HTTP 429); retry %d of %d in %.1f s",
+                attempt,
+                self.settings.retries,
+                delay,
+            )
+            request.context.transport.sleep(delay)
+            response = super().send(request)  # type: ignore[misc]
+        return response
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return max(float(headers.get("Retry-After", "")), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+class _BlobRetry(_BackoffMixin, BlobExponentialRetry):
+    """Retry policy for Blob clients."""
+
+
+def _datalake_retry_class() -> type[Any]:
+    from azure.storage.filedatalake import ExponentialRetry as DataLakeExponentialRetry
+
+    class _DataLakeRetry(_BackoffMixin, DataLakeExponentialRetry):
+        """Retry policy for DataLake clients (the DataLake SDK has its own copy of the base)."""
+
+    return _DataLakeRetry
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials and secrets
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _connection_string_fields(conn: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in conn.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def describe_credential_source(account: str | None = None) -> str:
+    """Which credential ``AzureStorage.from_url`` would use, for logs; never the secret."""
+    conn = _env(ENV_CONNECTION_STRING)
+    if conn:
+        fields = _connection_string_fields(conn)
+        name = fields.get("accountname") or (
+            "devstoreaccount1" if fields.get("usedevelopmentstorage") else "?"
+        )
+        endpoint = fields.get("blobendpoint", "")
+        where = f", blob endpoint {endpoint}" if endpoint else ""
+        return f"connection string from {ENV_CONNECTION_STRING} (account {name}{where})"
+    suffix = f" for account {account}" if account else ""
+    if _env(ENV_ACCOUNT_KEY):
+        return f"account key from {ENV_ACCOUNT_KEY}{suffix}"
+    if _env(ENV_SAS_TOKEN):
+        return f"SAS token from {ENV_SAS_TOKEN}{suffix}"
+    return (
+        "azure.identity.DefaultAzureCredential (environment service principal, workload "
+        f"identity, managed identity, Azure CLI login){suffix}"
+    )
+
+
+def _secrets() -> list[str]:
+    """Every secret value currently configured, longest first, in plain and URL-quoted form."""
+    found: set[str] = set()
+    conn = _env(ENV_CONNECTION_STRING)
+    if conn:
+        found.add(conn)
+        fields = _connection_string_fields(conn)
+        found.update(v for k, v in fields.items() if k in ("accountkey", "sharedaccesssignature"))
+    found.add(_env(ENV_ACCOUNT_KEY))
+    found.add(_env(ENV_SAS_TOKEN).lstrip("?"))
+    found.discard("")
+    variants = set(found) | {quote(s, safe="") for s in found}
+    return sorted((v for v in variants if len(v) >= 6), key=len, reverse=True)
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(AccountKey=)[^;\s'\"]+"),
+    re.compile(r"(?i)(SharedAccessSignature=)[^;\s'\"]+"),
+    re.compile(r"(?i)([?&]sig=)[^&\s'\"]+"),
+    re.compile(r"(?i)(\bsig=)[^&\s'\"]+"),
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` without any configured secret or anything that looks like a key or SAS."""
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+def _scrub_exception(exc: BaseException) -> None:
+    """Best effort: scrub secrets from an SDK exception kept as ``__cause__``, so a printed
+    traceback does not leak them either."""
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.args = tuple(scrub(a) if isinstance(a, str) else a for a in exc.args)
+        message = getattr(exc, "message", None)
+        if isinstance(message, str):
+            cast(Any, exc).message = scrub(message)
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_NETWORK_DETAIL = re.compile(
+    r"\[Errno -?\d+\][^'\"\)]*|timed out|Connection aborted|Connection reset by peer|"
+    r"Remote end closed connection[^'\"\)]*|Name or service not known|"
+    r"Temporary failure in name resolution|Max retries exceeded"
+)
+_AUTH_CODES = {
+    "AuthenticationFailed",
+    "InvalidAuthenticationInfo",
+    "NoAuthenticationInformation",
+}
+_PERMISSION_CODES = {
+    "AuthorizationPermissionMismatch",
+    "AuthorizationPermissionDenied",
+    "AuthorizationResourceTypeMismatch",
+    "AuthorizationServiceMismatch",
+    "AuthorizationProtocolMismatch",
+    "AuthorizationSourceIPMismatch",
+    "InsufficientAccountPermissions",
+}
+
+
+def _error_code(exc: AzureError) -> str:
+    code = getattr(exc, "error_code", None)
+    if code is None:
+        return ""
+    return str(getattr(code, "value", code))
+
+
+def to_storage_error(
+    exc: BaseException, action: str, where: str, *, credential: str = "", retries: int = 0
+) -> StorageError:
+    """A one-line, secret-free :class:`StorageError` for an Azure SDK failure."""
+    _scrub_exception(exc)
+    status = getattr(exc, "status_code", None)
+    code = _error_code(exc) if isinstance(exc, AzureError) else ""
+    cred = f" ({credential})" if credential else ""
+    gave_up = f"; gave up after {retries} retries" if retries else ""
+    from azure.identity import CredentialUnavailableError
+
+    if isinstance(exc, CredentialUnavailableError):
+        message = (
+            f"no Azure credentials available to {action} {where}: set "
+            f"{ENV_CONNECTION_STRING}, {ENV_ACCOUNT_KEY} or {ENV_SAS_TOKEN}, or sign in "
+            "(az login, managed identity, workload identity)"
+        )
+    elif code in _PERMISSION_CODES:
+        message = (
+            f"permission denied to {action} {where}{cred}: the identity needs a data role "
+            "such as Storage Blob Data Contributor (or ACL access on the folders)"
+        )
+    elif code == "AuthorizationFailure":
+        # Real Azure: a valid signature that is still refused (SAS scope, firewall rules);
+        # Azurite: also a wrong account key.
+        message = (
+            f"not authorized to {action} {where}{cred}: check the account key / SAS token / "
+            "credentials and the account's firewall and network rules (AuthorizationFailure)"
+        )
+    elif (
+        isinstance(exc, ClientAuthenticationError)
+        or code in _AUTH_CODES
+        or status == 401
+        or (status == 403 and not code)
+        or "signing" in type(exc).__name__.lower()
+    ):
+        message = (
+            f"authentication failed for {where} (while trying to {action}): check the account "
+            f"key / SAS token / credentials{cred}"
+        )
+    elif status == 403:
+        message = f"access to {where} was refused (while trying to {action}): HTTP 403 {code}"
+    elif isinstance(exc, ResourceNotFoundError):
+        message = f"cannot {action} {where}: it does not exist ({code or 'HTTP 404'})"
+    elif isinstance(exc, ServiceRequestError):
+        detail = _network_detail(exc)
+        message = f"cannot reach Azure storage to {action} {where} ({detail}){gave_up}"
+    elif isinstance(exc, ServiceResponseError):
+        detail = _network_detail(exc)
+        message = (
+            f"the connection to Azure storage dropped or timed out while trying to {action} "
+            f"{where} ({detail}){gave_up}"
+        )
+    elif status in (408, 429) or (isinstance(status, int) and status >= 500):
+        message = (
+            f"Azure storage is busy or unavailable: cannot {action} {where} "
+            f"(HTTP {status}{' ' + code if code else ''}){gave_up}"
+        )
+    elif isinstance(exc, HttpResponseError):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        message = f"cannot {action} {where}: HTTP {status} {code}: {first}"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = f"cannot {action} {where}: {type(exc).__name__}: {first}"
+    return StorageError(_one_line(scrub(message), limit=400))
+
+
+def _network_detail(exc: BaseException) -> str:
+    found = _NETWORK_DETAIL.search(str(exc))
+    return _one_line(found.group(0).strip(), 120) if found else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Connecting
+
+
+def _connect(
+    location: AzureLocation, settings: RetrySettings
+) -> tuple[BlobServiceClient, Callable[[], DataLakeServiceClient], str]:
+    """Blob service client, a DataLake client factory and a description of the credential."""
+    source = describe_credential_source(location.account)
+    blob_kwargs = settings.client_kwargs(_BlobRetry)
+    conn = _env(ENV_CONNECTION_STRING)
+    if conn:
+        try:
+            service = BlobServiceClient.from_connection_string(conn, **blob_kwargs)
+        except ValueError as exc:
+            _scrub_exception(exc)
+            raise StorageError(
+                f"{ENV_CONNECTION_STRING} is malformed; cannot open {location.url}"
+            ) from exc
+        if (service.account_name or "").lower() != location.account:
+            raise StorageError(
+                f"{location.url} names account {location.account!r} but "
+                f"{ENV_CONNECTION_STRING} is for account {service.account_name!r}; "
+                f"fix the URL or unset {ENV_CONNECTION_STRING}"
+            )
+
+        def datalake_from_connection_string() -> DataLakeServiceClient:
+            from azure.storage.filedatalake import DataLakeServiceClient
+
+            kwargs = settings.client_kwargs(_datalake_retry_class())
+            return DataLakeServiceClient.from_connection_string(conn, **kwargs)
+
+        return service, datalake_from_connection_string, source
+
+    credential: Any
+    key = _env(ENV_ACCOUNT_KEY)
+    sas = _env(ENV_SAS_TOKEN).lstrip("?")
+    if key:
+        credential = {"account_name": location.account, "account_key": key}
+    elif sas:
+        # A string SAS becomes part of each client's URL, which a same-account server-side
+        # copy needs to authorise its source. Never log SDK URLs.
+        credential = sas
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    service = BlobServiceClient(location.blob_account_url, credential=credential, **blob_kwargs)
+
+    def datalake_with_credential() -> DataLakeServiceClient:
+        from azure.storage.filedatalake import DataLakeServiceClient
+
+        kwargs = settings.client_kwargs(_datalake_retry_class())
+        return DataLakeServiceClient(location.dfs_account_url, credential=credential, **kwargs)
+
+    return service, datalake_with_credential, source
+
+
+def _is_folder(metadata: dict[str, str] | None) -> bool:
+    return bool(metadata) and str(metadata.get(_FOLDER_MARKER, "")).lower() == "true"
+
+
+def _union_permissions(a: str, b: str) -> str:
+    return "".join(
+        x if x != "-" else y for x, y in zip(a.ljust(3, "-"), b.ljust(3, "-"), strict=False)
+    )
+
+
+def merge_acl(acl: str, grants: dict[str, str]) -> str:
+    """``acl`` (a comma-separated POSIX ACL) with access entries ``user:<oid>:<perms>`` added
+    or widened for each ``grants`` item, and ``mask::`` widened so the grants take effect."""
+    entries = [e.strip() for e in acl.split(",") if e.strip()]
+    wanted = dict(grants)
+    needed = "---"
+    for perms in grants.values():
+        needed = _union_permissions(needed, perms)
+    merged: list[str] = []
+    for entry in entries:
+        fields = entry.split(":")
+        if len(fields) == 3 and fields[0] == "user" and fields[1] in wanted:
+            merged.append(
+                f"user:{fields[1]}:{_union_permissions(fields[2], wanted.pop(fields[1]))}"
+            )
+        elif len(fields) == 3 and fields[0] == "mask":
+            merged.append(f"mask::{_union_permissions(fields[2], needed)}")
+        else:
+            merged.append(entry)
+    merged.extend(f"user:{oid}:{perms}" for oid, perms in wanted.items())
+    return ",".join(merged)
+
+
+# --------------------------------------------------------------------------------------------
+# The storage
+
+
+class Lease:
+    """A held blob lease (see :meth:`AzureStorage.lease`). Renew it before ``seconds`` pass."""
+
+    def __init__(self, storage: AzureStorage, key: str, client: BlobLeaseClient, seconds: int):
+        self._storage = storage
+        self._client = client
+        self.key = key
+        self.seconds = seconds
+
+    @property
+    def id(self) -> str:
+        return str(self._client.id)
+
+    def renew(self) -> None:
+        """Restart the lease's ``seconds`` countdown."""
+        with self._storage._azure_errors("renew the lease on", self.key):
+            self._client.renew()
+
+
+class AzureStorage:
+    """Keys as blobs below ``<file system>/<prefix>`` of an Azure storage account."""
+
+    def __init__(
+        self,
+        location: AzureLocation,
+        service: BlobServiceClient,
+        *,
+        datalake: Callable[[], DataLakeServiceClient] | None = None,
+        credential_source: str = "",
+        retries: int = 0,
+    ) -> None:
+        self.location = location
+        self.url = location.url
+        self.credential_source = credential_source
+        self._service = service
+        self._container: ContainerClient = service.get_container_client(location.file_system)
+        self._datalake_factory = datalake
+        self._retries = retries
+        self._hns: bool | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> AzureStorage:
+        """The storage for ``abfss://fs@acct.dfs.core.windows.net/path`` (or ``abfs://``,
+        ``https://acct.dfs|blob.core.windows.net/fs/path``), authenticated from the
+        environment (see the module docstring)."""
+        location = parse_url(url)
+        settings = RetrySettings.from_env()
+        service, datalake, source = _connect(location, settings)
+        logger.debug("opening %s with %s", location.url, source)
+        return cls(
+            location,
+            service,
+            datalake=datalake,
+            credential_source=source,
+            retries=settings.retries,
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return join(self.location.prefix, key)
+
+    def _key(self, name: str) -> str:
+        prefix = self.location.prefix
+        return name[len(prefix) + 1 :] if prefix else name
+
+    def _blob(self, key: str) -> BlobClient:
+        return self._container.get_blob_client(self._name(key))
+
+    @contextlib.contextmanager
+    def _azure_errors(self, action: str, key: str, where: str = "") -> Iterator[None]:
+        """Turn any Azure SDK error raised inside the block into a :class:`StorageError`."""
+        try:
+            yield
+        except AzureError as exc:
+            raise to_storage_error(
+                exc,
+                action,
+                where or self.describe(key),
+                credential=self.credential_source,
+                retries=self._retries,
+            ) from exc
+
+    def _create_container(self) -> None:
+        logger.info("creating file system %s", self.location.file_system)
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+
+    def _upload(self, key: str, data: bytes | BinaryIO, length: int) -> None:
+        blob = self._blob(key)
+        with self._azure_errors("write", key):
+            try:
+                blob.upload_blob(data, length=length, overwrite=True, max_concurrency=4)
+            except ResourceNotFoundError as exc:
+                if _error_code(exc) != "ContainerNotFound":
+                    raise
+                self._create_container()
+                if not isinstance(data, bytes):
+                    data.seek(0)
+                blob.upload_blob(data, length=length, overwrite=True, max_concurrency=4)
+
+    # -- the Storage interface ---------------------------------------------------------------
+
+    def describe(self, key: str = "") -> str:
+        return f"{self.url}/{key.strip('/')}" if key.strip("/") else self.url
+
+    def exists(self, key: str) -> bool:
+        return self.info(key) is not None
+
+    def info(self, key: str) -> ObjectInfo | None:
+        with self._azure_errors("read the properties of", key):
+            try:
+                props = self._blob(key).get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        if _is_folder(props.metadata):
+            return None
+        return ObjectInfo(key.strip("/"), int(props.size), props.last_modified)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        folder = self._name(prefix)
+        found: list[ObjectInfo] = []
+        with self._azure_errors("list", prefix):
+            try:
+                for blob in self._container.list_blobs(
+                    name_starts_with=f"{folder}/" if folder else None, include=["metadata"]
+                ):
+                    if not _is_folder(blob.metadata):
+                        found.append(
+                            ObjectInfo(self._key(blob.name), blob.size, blob.last_modified)
+                        )
+            except ResourceNotFoundError:
+                return []  # no file system yet: an empty lake
+        if not found and prefix.strip("/"):
+            single = self.info(prefix)
+            return [single] if single else []
+        return sorted(found, key=lambda o: o.key)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._azure_errors("read", key):
+            return self._blob(key).download_blob().readall()
+
+    def open_read(self, key: str) -> BinaryIO:
+        """The object's bytes in a seekable temporary file (in memory up to 32 MiB)."""
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES)
+        try:
+            with self._azure_errors("read", key):
+                self._blob(key).download_blob(max_concurrency=4).readinto(spool)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return cast(BinaryIO, spool)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._upload(key, bytes(data), len(data))
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Spool what the block writes; upload it as one blob only if the block succeeds."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
+            yield cast(BinaryIO, spool)
+            length = spool.seek(0, os.SEEK_END)
+            spool.seek(0)
+            self._upload(key, cast(BinaryIO, spool), length)
+
+    def move(self, src: str, dst: str) -> None:
+        if self._name(src) == self._name(dst):
+            if not self.exists(src):
+                raise StorageError(f"cannot move {self.describe(src)}: it does not exist")
+            return
+        source, target = self._blob(src), self._blob(dst)
+        where = f"{self.describe(src)} to {self.describe(dst)}"
+        with self._azure_errors("move", src, where):
+            if not self._server_copy(source, target, src):
+                logger.info("copying %s through this machine", self.describe(src))
+                with self.open_read(src) as data:
+                    length = data.seek(0, os.SEEK_END)
+                    data.seek(0)
+                    self._upload(dst, data, length)
+            with contextlib.suppress(ResourceNotFoundError):
+                source.delete_blob()
+
+    def _server_copy(self, source: BlobClient, target: BlobClient, src: str) -> bool:
+        """Copy inside the account; False when the service will not do it (then the caller
+        copies through this machine). Raises when the source does not exist."""
+        try:
+            result = target.start_copy_from_url(source.url)
+        except ResourceNotFoundError:
+            if not source.exists():
+                raise StorageError(f"cannot move {self.describe(src)}: it does not exist") from None
+            logger.info("server-side copy of %s refused (not found)", self.describe(src))
+            return False
+        except HttpResponseError as exc:
+            logger.info(
+                "server-side copy of %s refused (HTTP %s %s)",
+                self.describe(src),
+                exc.status_code,
+                _error_code(exc),
+            )
+            return False
+        status = str(result.get("copy_status") or "")
+        deadline = time.monotonic() + COPY_TIMEOUT_SECONDS
+        pause = 0.2
+        while status == "pending":
+            if time.monotonic() > deadline:
+                with contextlib.suppress(HttpResponseError):
+                    target.abort_copy(str(result.get("copy_id")))
+                raise StorageError(
+                    f"copying {self.describe(src)} did not finish within "
+                    f"{COPY_TIMEOUT_SECONDS:.0f} s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            status = str(target.get_blob_properties().copy.status or "")
+        if status != "success":
+            logger.warning("server-side copy of %s ended %r", self.describe(src), status)
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        with self._azure_errors("delete", key), contextlib.suppress(ResourceNotFoundError):
+            self._blob(key).delete_blob()
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every blob below the folder key, then any directory entries (deepest first).
+
+        Deliberately blob by blob: Azurite's DataLake ``delete_directory`` reports success
+        but leaves the files, and on real HNS accounts this is equally correct."""
+        folder = self._name(prefix)
+        files: list[str] = []
+        folders: list[str] = []
+        with self._azure_errors("delete everything below", prefix):
+            try:
+                for blob in self._container.list_blobs(
+                    name_starts_with=f"{folder}/" if folder else None, include=["metadata"]
+                ):
+                    (folders if _is_folder(blob.metadata) else files).append(blob.name)
+            except ResourceNotFoundError:
+                return
+            with ThreadPoolExecutor(max_workers=DELETE_WORKERS) as pool:
+                list(pool.map(self._delete_name, files))
+            for name in sorted(folders, key=lambda n: (n.count("/"), n), reverse=True):
+                self._delete_name(name)
+            if folder:
+                with contextlib.suppress(ResourceNotFoundError):
+                    if _is_folder(
+                        self._container.get_blob_client(folder).get_blob_properties().metadata
+                    ):
+                        self._delete_name(folder)
+        logger.info("deleted %d objects below %s", len(files), self.describe(prefix))
+
+    def _delete_name(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.get_blob_client(name).delete_blob()
+
+    # -- hierarchical namespace --------------------------------------------------------------
+
+    def is_hns_enabled(self) -> bool:
+        """Whether the account has a hierarchical namespace (ADLS Gen2). Cached."""
+        if self._hns is None:
+            with self._azure_errors("read the account information of", ""):
+                try:
+                    info = self._service.get_account_information()
+                except HttpResponseError as exc:
+                    if exc.status_code != 403:
+                        raise
+                    info = self._container.get_account_information()  # container-scoped SAS
+            value = info.get("is_hns_enabled")
+            if value is None:
+                logger.warning("%s did not report is_hns_enabled; assuming no", self.url)
+            self._hns = bool(value)
+        return self._hns
+
+    def _datalake_file_system(self) -> FileSystemClient:
+        if self._datalake_factory is None:
+            raise StorageError(f"no DataLake client configured for {self.url}")
+        return self._datalake_factory().get_file_system_client(self.location.file_system)
+
+    def grant_read(self, folder_key: str, object_ids: Iterable[str]) -> None:
+        """Let each Entra object id read everything below ``folder_key``, now and later.
+
+        Adds ``user:<oid>:r-x`` and ``default:user:<oid>:r-x`` recursively on the folder, and
+        ``user:<oid>:--x`` on each parent up to the file system root so they can traverse.
+        Needs a hierarchical namespace (ACLs do not exist otherwise)."""
+        ids = [o.strip() for o in object_ids if o.strip()]
+        bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
+        if bad:
+            raise StorageError(
+                f"--grant-read takes Entra object ids (GUIDs); not one: {', '.join(bad)}"
+            )
+        if not ids:
+            return
+        if not self.is_hns_enabled():
+            raise StorageError(
+                "--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
+                f"{self.location.account} has none"
+            )
+        fs = self._datalake_file_system()
+        path = self._name(folder_key)
+        acl = ",".join(f"user:{oid}:r-x,default:user:{oid}:r-x" for oid in ids)
+        with self._azure_errors("grant read access on", folder_key):
+            directory = fs.get_directory_client(path or "/")
+            result = directory.update_access_control_recursive(acl=acl)
+            failures = result.counters.failure_count if result and result.counters else 0
+            if failures:
+                raise StorageError(
+                    f"granting read access on {self.describe(folder_key)} failed for "
+                    f"{failures} paths; the identity may not own them (needs Storage Blob Data "
+                    "Owner or ownership); re-running is safe"
+                )
+            segments = path.split("/") if path else []
+            for depth in range(len(segments)):
+                parent = "/".join(segments[:depth]) or "/"
+                client = fs.get_directory_client(parent)
+                current = str(client.get_access_control().get("acl") or "")
+                merged = merge_acl(current, {oid: "--x" for oid in ids})
+                if merged != current:
+                    client.set_access_control(acl=merged)
+        logger.info("granted read on %s to %d identities", self.describe(folder_key), len(ids))
+
+    # -- locking -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self, key: str, seconds: int = 60) -> Iterator[Lease]:
+        """Hold a blob lease on the (small, created on demand) lock blob ``key``.
+
+        Raises :class:`LockBusy` when someone else holds it. The lease expires ``seconds``
+        (15-60) after the last renewal, so a crashed holder frees it; call ``renew()`` on the
+        yielded :class:`Lease` more often than that during long work."""
+        if not 15 <= seconds <= 60:
+            raise ValueError("a lease lasts 15 to 60 seconds")
+        blob = self._blob(key)
+        with self._azure_errors("lock", key):
+            client = self._acquire(blob, key, seconds)
+        held = Lease(self, key, client, seconds)
+        try:
+            yield held
+        finally:
+            try:
+                client.release()
+            except AzureError as exc:
+                logger.warning(
+                    "could not release the lease on %s (it expires by itself): %s",
+                    self.describe(key),
+                    to_storage_error(exc, "release the lease on", self.describe(key)),
+                )
+
+    def _acquire(self, blob: BlobClient, key: str, seconds: int) -> BlobLeaseClient:
+        for _attempt in range(3):
+            try:
+                return blob.acquire_lease(lease_duration=seconds)
+            except ResourceNotFoundError as exc:
+                if _error_code(exc) == "ContainerNotFound":
+                    self._create_container()
+                with contextlib.suppress(ResourceExistsError):
+                    blob.upload_blob(b"", overwrite=False)
+            except HttpResponseError as exc:
+                if _error_code(exc) in ("LeaseAlreadyPresent", "LeaseIdMismatchWithLeaseOperation"):
+                    raise LockBusy(
+                        f"{self.describe(key)} is locked: another run holds its lease "
+                        f"(it expires at most {seconds} s after that run stops)"
+                    ) from exc
+                raise
+        raise StorageError(f"cannot create the lock blob {self.describe(key)}")
