@@ -266,3 +266,26 @@ def test_multi_processing_runner_writes_the_same_data(exports, tmp_path):
     assert parquet_files(a) == parquet_files(b)
     assert read_activities(a).equals(read_activities(b))
     assert Counter(d["reason"] for d in dead_letters(a)) == Counter(d["reason"] for d in dead_letters(b))
+
+
+def test_sample_data_matches_its_expected_outcome(lake):
+    """The shipped sample export: counts match sample_data/expected.json (made by construction)."""
+    from conftest import REPO
+    expected = json.loads((REPO / "sample_data" / "expected.json").read_text())
+    proc = run_cli("export", "--input", str(REPO / "sample_data" / "exports"), "--output", str(lake))
+    assert proc.returncode == 0, proc.stderr
+    ds = lake / "EngagementInsights"
+    (report,) = run_reports(ds)
+    for key in ("records_read", "activities_written", "duplicates_dropped", "rejected"):
+        assert report[key] == expected[key], key
+    rows = read_activities(ds)
+    per_date = Counter(t.date().isoformat() for t in rows["ActivityTime"].to_pylist())
+    assert dict(per_date) == expected["activities_per_date"]
+    assert load_data_source(str(ds))["WebLog"]["primary_key"] == "ActivityId"
+    dead = dead_letters(ds)
+    assert len(dead) == sum(expected["rejected"].values())
+    # A JSON line with invalid UTF-8 keeps its exact bytes (as escaped surrogates).
+    for d in dead:
+        if d["source"].endswith(".jsonl") and isinstance(d["payload"], str):
+            raw = d["payload"].encode("utf-8", errors="surrogateescape")
+            assert raw in (REPO / "sample_data" / "exports" / d["source"].rsplit("/", 1)[1]).read_bytes()

@@ -22,7 +22,6 @@ references its files, and back otherwise, deleting every unreferenced Parquet fi
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -244,9 +243,9 @@ class Lake:
         )
 
 
-def gzip_lines(records: Iterable[dict]) -> bytes:
-    """Dead-letter records as one gzip member of JSON lines (deterministic: mtime 0)."""
-    return gzip.compress(b"".join(_json_line(r) for r in records), mtime=0)
+def encode_dead_letters(records: Iterable[dict]) -> bytes:
+    """Dead-letter records as JSON lines (UTF-8; invalid input bytes kept as escaped surrogates)."""
+    return b"".join(_json_line(r) for r in records)
 
 
 def _json_line(record: dict) -> bytes:

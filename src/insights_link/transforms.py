@@ -10,6 +10,7 @@ Workers write only below the run's ``_staging/<run>/`` folder; the launcher comm
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections import Counter
@@ -21,7 +22,7 @@ from apache_beam.metrics import Metrics
 from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
-from insights_link.lake import failpoint, partition_file
+from insights_link.lake import encode_dead_letters, failpoint, partition_file
 from insights_link.parquet_io import read_ids, write_parquet
 from insights_link.storage import join, open_storage
 
@@ -109,7 +110,9 @@ class ValidateBlockFn(beam.DoFn):
             "rejected": dict(rejected),
         })
         if result.dead_letters:
-            yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, result.dead_letters))
+            # Encoded here: a payload may hold invalid UTF-8 that no Beam coder carries as text.
+            encoded = encode_dead_letters(result.dead_letters)
+            yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(result.dead_letters), encoded))
         for day, rows in split_by_date(result.table).items():
             yield (self.spec.name, day), rows
 
@@ -174,13 +177,11 @@ class WriteDeadLettersFn(beam.DoFn):
         self.storage = open_storage(self.lake_url)
 
     def process(self, element):
-        from insights_link.lake import gzip_lines
-
-        rank, index, records = element
+        rank, index, count, encoded = element
         key = join(self.data_source, "_staging", self.run_id, "deadletter",
                    f"{rank:06d}_{index:06d}.jsonl.gz")
-        self.storage.write_bytes(key, gzip_lines(records))
-        self.dead_lettered.inc(len(records))
+        self.storage.write_bytes(key, gzip.compress(encoded, mtime=0))
+        self.dead_lettered.inc(count)
         yield {"dead_letter_files": [key]}
 
 
