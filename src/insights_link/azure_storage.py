@@ -23,6 +23,7 @@ else ``azure.identity.DefaultAzureCredential``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -269,7 +270,7 @@ class _BackoffMixin:
         else:
             reason = "transient failure"
         logger.warning(
-            "Azure storage request failed (%s); retry %s of %s in %.1f s",
+            "Azure storage request failed (%s); retry %s of %s in %.2f s",
             reason,
             settings.get("count"),
             self.settings.retries,
@@ -278,6 +279,8 @@ class _BackoffMixin:
         transport.sleep(delay)
 
     def send(self, request: Any) -> Any:
+        # Each inner send may itself retry 5xx/connect failures, so a mix of 429s and 5xx can
+        # take up to (retries + 1) ** 2 attempts; still bounded.
         body = request.http_request.body
         position: int | None = None
         if hasattr(body, "read"):
@@ -294,7 +297,7 @@ class _BackoffMixin:
             delay = _retry_after(response.http_response.headers) or self.settings.delay(attempt)
             delay = min(delay, self.settings.backoff_max)
             logger.warning(
-                "Azure storage throttled the request (HTTP 429); retry %d of %d in %.1f s",
+                "Azure storage throttled the request (HTTP 429); retry %d of %d in %.2f s",
                 attempt,
                 self.settings.retries,
                 delay,
@@ -315,6 +318,7 @@ class _BlobRetry(_BackoffMixin, BlobExponentialRetry):
     """Retry policy for Blob clients."""
 
 
+@functools.cache
 def _datalake_retry_class() -> type[Any]:
     from azure.storage.filedatalake import ExponentialRetry as DataLakeExponentialRetry
 
@@ -445,11 +449,16 @@ def to_storage_error(
     _scrub_exception(exc)
     status = getattr(exc, "status_code", None)
     code = _error_code(exc) if isinstance(exc, AzureError) else ""
-    cred = f" ({credential})" if credential else ""
-    gave_up = f"; gave up after {retries} retries" if retries else ""
+    cred = f" [credentials: {credential}]" if credential else ""
+    gave_up = (
+        f"; gave up after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+    )
     from azure.identity import CredentialUnavailableError
 
-    if isinstance(exc, CredentialUnavailableError):
+    if isinstance(exc, CredentialUnavailableError) or (
+        isinstance(exc, ClientAuthenticationError)
+        and "DefaultAzureCredential failed to retrieve a token" in str(exc)
+    ):
         message = (
             f"no Azure credentials available to {action} {where}: set "
             f"{ENV_CONNECTION_STRING}, {ENV_ACCOUNT_KEY} or {ENV_SAS_TOKEN}, or sign in "
@@ -457,22 +466,22 @@ def to_storage_error(
         )
     elif code in _PERMISSION_CODES:
         message = (
-            f"permission denied to {action} {where}{cred}: the identity needs a data role "
-            "such as Storage Blob Data Contributor (or ACL access on the folders)"
+            f"permission denied to {action} {where}: the identity needs a data role such as "
+            f"Storage Blob Data Contributor (or ACL access on the folders) ({code}){cred}"
         )
     elif code == "AuthorizationFailure":
         # Real Azure: a valid signature that is still refused (SAS scope, firewall rules);
         # Azurite: also a wrong account key.
         message = (
-            f"not authorized to {action} {where}{cred}: check the account key / SAS token / "
-            "credentials and the account's firewall and network rules (AuthorizationFailure)"
+            f"authentication or authorization failed for {where} (while trying to {action}): "
+            "check the account key / SAS token / credentials and the account's firewall and "
+            f"network rules (AuthorizationFailure){cred}"
         )
     elif (
         isinstance(exc, ClientAuthenticationError)
         or code in _AUTH_CODES
         or status == 401
         or (status == 403 and not code)
-        or "signing" in type(exc).__name__.lower()
     ):
         message = (
             f"authentication failed for {where} (while trying to {action}): check the account "
@@ -963,10 +972,10 @@ class AzureStorage:
                 with contextlib.suppress(ResourceExistsError):
                     blob.upload_blob(b"", overwrite=False)
             except HttpResponseError as exc:
-                if _error_code(exc) in ("LeaseAlreadyPresent", "LeaseIdMismatchWithLeaseOperation"):
+                if _error_code(exc) == "LeaseAlreadyPresent":
                     raise LockBusy(
                         f"{self.describe(key)} is locked: another run holds its lease "
-                        f"(it expires at most {seconds} s after that run stops)"
+                        "(a lease ends by itself at most 60 s after its holder stops)"
                     ) from exc
                 raise
         raise StorageError(f"cannot create the lock blob {self.describe(key)}")
