@@ -58,7 +58,8 @@ def test_validate_and_map_tags_dead_letters_and_keys_rows_by_date():
     keyed = out.activities | beam.Map(lambda kv: (kv[0], kv[1]["ActivityId"].to_pylist()))
     assert_that(keyed, equal_to([(("WebLog", "2024-05-01"), ["a"]), (("WebLog", "2024-05-02"), ["b"])]),
                 label="rows")
-    reasons = out[DEAD_LETTERS] | beam.FlatMap(lambda t: [(d["reason"], d["position"]) for d in t[2]])
+    reasons = out[DEAD_LETTERS] | beam.FlatMap(
+        lambda t: [(d["reason"], d["position"]) for d in map(json.loads, t[3].splitlines())])
     assert_that(reasons, equal_to([("malformed", 3), ("invalid_uri", 4)]), label="dead")
     read = out[TALLIES] | beam.Map(lambda t: t["records_read"])
     assert_that(read, equal_to([4]), label="tallies")
