@@ -72,8 +72,12 @@ BLANK_LINE = b""
 
 # Refined event name, the action behind it, a path on the shop and a page title.
 KINDS: tuple[tuple[str, str, str, str], ...] = (
-    ("EmailPromoClick", "click", "/deals/spring?utm_source=email&utm_campaign=spring_sale",
-     "Spring sale – up to 40% off"),
+    (
+        "EmailPromoClick",
+        "click",
+        "/deals/spring?utm_source=email&utm_campaign=spring_sale",
+        "Spring sale – up to 40% off",
+    ),
     ("ProductView", "view", "/products/trail-jacket-blue", 'Men\'s "Trail" Jacket, blue'),
     ("ProductView", "view", "/products/caf%C3%A9-cr%C3%A8me-mug", "Café crème mug"),
     ("AddToCart", "add_to_cart", "/cart?add=sku-40017&qty=1", "Your cart"),
@@ -101,36 +105,99 @@ NESTED_SCHEMA: dict[str, Any] = {
                 "type": "record",
                 "name": "Signal",
                 "fields": [
-                    {"name": "Export", "type": {
-                        "type": "record", "name": "Export",
-                        "fields": [{"name": "Id", "type": ["null", "string", "boolean", "long",
-                                    {"type": "array", "items": "string"},
-                                    {"type": "map", "values": "string"}]}]}},
-                    {"name": "User", "type": {
-                        "type": "record", "name": "User",
-                        "fields": [{"name": "Id", "type": ["null", "string", "boolean", "long",
-                                    {"type": "array", "items": "string"},
-                                    {"type": "map", "values": "string"}]}]}},
+                    {
+                        "name": "Export",
+                        "type": {
+                            "type": "record",
+                            "name": "Export",
+                            "fields": [
+                                {
+                                    "name": "Id",
+                                    "type": [
+                                        "null",
+                                        "string",
+                                        "boolean",
+                                        "long",
+                                        {"type": "array", "items": "string"},
+                                        {"type": "map", "values": "string"},
+                                    ],
+                                }
+                            ],
+                        },
+                    },
+                    {
+                        "name": "User",
+                        "type": {
+                            "type": "record",
+                            "name": "User",
+                            "fields": [
+                                {
+                                    "name": "Id",
+                                    "type": [
+                                        "null",
+                                        "string",
+                                        "boolean",
+                                        "long",
+                                        {"type": "array", "items": "string"},
+                                        {"type": "map", "values": "string"},
+                                    ],
+                                }
+                            ],
+                        },
+                    },
                     {"name": "Timestamp", "type": ["null", "string", "boolean", "long"]},
-                    {"name": "View", "type": {
-                        "type": "record", "name": "View",
-                        "fields": [
-                            {"name": "Uri", "type": ["null", "string",
-                                                     {"type": "map", "values": "string"}]},
-                            {"name": "Title", "type": ["null", "string"], "default": None},
-                        ]}},
-                    {"name": "Action", "type": {
-                        "type": "record", "name": "Action",
-                        "fields": [{"name": "Name", "type": ["null", "string", "boolean",
-                                    {"type": "map", "values": "string"}]}]}},
+                    {
+                        "name": "View",
+                        "type": {
+                            "type": "record",
+                            "name": "View",
+                            "fields": [
+                                {
+                                    "name": "Uri",
+                                    "type": ["null", "string", {"type": "map", "values": "string"}],
+                                },
+                                {"name": "Title", "type": ["null", "string"], "default": None},
+                            ],
+                        },
+                    },
+                    {
+                        "name": "Action",
+                        "type": {
+                            "type": "record",
+                            "name": "Action",
+                            "fields": [
+                                {
+                                    "name": "Name",
+                                    "type": [
+                                        "null",
+                                        "string",
+                                        "boolean",
+                                        {"type": "map", "values": "string"},
+                                    ],
+                                }
+                            ],
+                        },
+                    },
                     {"name": "Name", "type": ["null", "string"], "default": None},
-                    {"name": "Session", "type": {
-                        "type": "record", "name": "Session",
-                        "fields": [{"name": "Id", "type": ["null", "string"]}]}},
-                    {"name": "Device", "type": {
-                        "type": "record", "name": "Device",
-                        "fields": [{"name": "Type", "type": ["null", "string"]},
-                                   {"name": "Browser", "type": ["null", "string"]}]}},
+                    {
+                        "name": "Session",
+                        "type": {
+                            "type": "record",
+                            "name": "Session",
+                            "fields": [{"name": "Id", "type": ["null", "string"]}],
+                        },
+                    },
+                    {
+                        "name": "Device",
+                        "type": {
+                            "type": "record",
+                            "name": "Device",
+                            "fields": [
+                                {"name": "Type", "type": ["null", "string"]},
+                                {"name": "Browser", "type": ["null", "string"]},
+                            ],
+                        },
+                    },
                 ],
             },
         }
@@ -145,10 +212,14 @@ CAPTURE_SCHEMA: dict[str, Any] = {
         {"name": "SequenceNumber", "type": "long"},
         {"name": "Offset", "type": "string"},
         {"name": "EnqueuedTimeUtc", "type": "string"},
-        {"name": "SystemProperties",
-         "type": {"type": "map", "values": ["long", "double", "string", "bytes"]}},
-        {"name": "Properties",
-         "type": {"type": "map", "values": ["long", "double", "string", "bytes", "null"]}},
+        {
+            "name": "SystemProperties",
+            "type": {"type": "map", "values": ["long", "double", "string", "bytes"]},
+        },
+        {
+            "name": "Properties",
+            "type": {"type": "map", "values": ["long", "double", "string", "bytes", "null"]},
+        },
         {"name": "Body", "type": ["null", "bytes"]},
     ],
 }
@@ -178,7 +249,8 @@ class Builder:
 
     def export_id(self) -> str:
         self.ids += 1
-        return f"{self.rng.getrandbits(32):08x}-{self.ids:04d}-4e1a-9c2b-{self.rng.getrandbits(48):012x}"
+        head, tail = self.rng.getrandbits(32), self.rng.getrandbits(48)
+        return f"{head:08x}-{self.ids:04d}-4e1a-9c2b-{tail:012x}"
 
     def event(
         self,
@@ -253,7 +325,7 @@ def set_path(event: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 
 def flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested -> flat dotted keys: ``{"Signal": {"Export": {"Id": 1}}}`` -> ``{"Signal.Export.Id": 1}``."""
+    """Nested -> flat: ``{"Signal": {"Export": {"Id": 1}}}`` -> ``{"Signal.Export.Id": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in event.items():
         name = f"{prefix}{key}"
@@ -302,14 +374,26 @@ def day1_jsonl(b: Builder) -> list[Item]:
         Item(text[: len(text) // 2], "malformed", note="line cut short"),
         Item(dumps([base]), "malformed", note="a JSON array, not an object"),
         Item(set_path(base, "Signal.User", ABSENT), "missing_field", note="no User"),
-        Item(flatten(set_path(b.event(times[31])[0], "Signal.Action.Name", "  ")),
-             "missing_field", note="flat form, blank Action.Name"),
-        Item(set_path(b.event(times[32])[0], "Signal.Action.Name", True), "invalid_type",
-             note="Action.Name is a boolean"),
-        Item(set_path(b.event(times[33])[0], "Signal.Timestamp", "2024-04-31T10:00:00Z"),
-             "invalid_timestamp", note="April 31st"),
-        Item(set_path(b.event(times[34])[0], "Signal.View.Uri", "javascript:alert(1)"),
-             "invalid_uri", note="javascript: URL"),
+        Item(
+            flatten(set_path(b.event(times[31])[0], "Signal.Action.Name", "  ")),
+            "missing_field",
+            note="flat form, blank Action.Name",
+        ),
+        Item(
+            set_path(b.event(times[32])[0], "Signal.Action.Name", True),
+            "invalid_type",
+            note="Action.Name is a boolean",
+        ),
+        Item(
+            set_path(b.event(times[33])[0], "Signal.Timestamp", "2024-04-31T10:00:00Z"),
+            "invalid_timestamp",
+            note="April 31st",
+        ),
+        Item(
+            set_path(b.event(times[34])[0], "Signal.View.Uri", "javascript:alert(1)"),
+            "invalid_uri",
+            note="javascript: URL",
+        ),
     ]
     return items
 
@@ -335,19 +419,40 @@ def day2_jsonl_gz(b: Builder, earlier: list[Item]) -> list[Item]:
 
     bad = b.event(times[20])[0]
     items += [
-        Item(dumps(bad).encode("utf-8").replace(b"Device", b"Dev\xff\xfeice", 1), "malformed",
-             note="invalid UTF-8"),
-        Item(set_path(b.event(times[21])[0], "Signal.Timestamp", None), "missing_field",
-             note="Timestamp null"),
-        Item(set_path(set_path(b.event(times[22])[0], "Signal.User.Id", ""), "Signal.View.Uri",
-                      "/relative/path"), "missing_field",
-             note="blank User.Id and a relative URI: missing_field wins"),
-        Item(set_path(b.event(times[23])[0], "Signal.Export.Id", {"Value": "e-1"}),
-             "invalid_type", note="Export.Id is an object"),
-        Item(set_path(b.event(times[24])[0], "Signal.Timestamp", "yesterday"),
-             "invalid_timestamp", note="free text"),
-        Item(set_path(b.event(times[25])[0], "Signal.View.Uri", "/relative/path"),
-             "invalid_uri", note="relative path"),
+        Item(
+            dumps(bad).encode("utf-8").replace(b"Device", b"Dev\xff\xfeice", 1),
+            "malformed",
+            note="invalid UTF-8",
+        ),
+        Item(
+            set_path(b.event(times[21])[0], "Signal.Timestamp", None),
+            "missing_field",
+            note="Timestamp null",
+        ),
+        Item(
+            set_path(
+                set_path(b.event(times[22])[0], "Signal.User.Id", ""),
+                "Signal.View.Uri",
+                "/relative/path",
+            ),
+            "missing_field",
+            note="blank User.Id and a relative URI: missing_field wins",
+        ),
+        Item(
+            set_path(b.event(times[23])[0], "Signal.Export.Id", {"Value": "e-1"}),
+            "invalid_type",
+            note="Export.Id is an object",
+        ),
+        Item(
+            set_path(b.event(times[24])[0], "Signal.Timestamp", "yesterday"),
+            "invalid_timestamp",
+            note="free text",
+        ),
+        Item(
+            set_path(b.event(times[25])[0], "Signal.View.Uri", "/relative/path"),
+            "invalid_uri",
+            note="relative path",
+        ),
     ]
     return items
 
@@ -373,20 +478,38 @@ def csv_file(b: Builder, earlier: list[Item]) -> list[Item]:
     def row(i: int, field: str, value: Any) -> dict[str, Any]:
         return flatten(set_path(b.event(times[i], with_title=True)[0], field, value))
 
-    short = row(22, "Signal.Name", "PageView")
+    short = flatten(b.event(times[22], with_title=True)[0])
     items += [
         Item(row(23, "Signal.Export.Id", ""), "missing_field", note="empty Export.Id"),
         Item(row(24, "Signal.Action.Name", "   "), "missing_field", note="blank Action.Name"),
-        Item(row(25, "Signal.Timestamp", "2024-02-30T10:00:00Z"), "invalid_timestamp",
-             note="February 30th"),
-        Item(flatten(set_path(set_path(b.event(times[26], with_title=True)[0],
-                                       "Signal.Timestamp", "last week"),
-                              "Signal.View.Uri", "ftp://files.example.com/x")),
-             "invalid_timestamp", note="free text timestamp and ftp URI: timestamp wins"),
-        Item(row(27, "Signal.View.Uri", "ftp://files.example.com/report.csv"), "invalid_uri",
-             note="ftp URL"),
-        Item({k: v for k, v in short.items() if k != "Signal.View.Title"}, "malformed",
-             note="a row one field short"),
+        Item(
+            row(25, "Signal.Timestamp", "2024-02-30T10:00:00Z"),
+            "invalid_timestamp",
+            note="February 30th",
+        ),
+        Item(
+            flatten(
+                set_path(
+                    set_path(
+                        b.event(times[26], with_title=True)[0], "Signal.Timestamp", "last week"
+                    ),
+                    "Signal.View.Uri",
+                    "ftp://files.example.com/x",
+                )
+            ),
+            "invalid_timestamp",
+            note="free text timestamp and ftp URI: timestamp wins",
+        ),
+        Item(
+            row(27, "Signal.View.Uri", "ftp://files.example.com/report.csv"),
+            "invalid_uri",
+            note="ftp URL",
+        ),
+        Item(
+            {k: v for k, v in short.items() if k != "Signal.View.Title"},
+            "malformed",
+            note="a row one field short",
+        ),
     ]
     return items
 
@@ -397,8 +520,13 @@ def nested_avro(b: Builder, earlier: list[Item]) -> list[Item]:
     whens = [*b.day_times(date(2024, 5, 1), 3), *b.day_times(date(2024, 5, 3), 16)]
     for i, when in enumerate(whens):
         form = "epoch" if i % 5 == 1 else ("offset" if i == 7 else "ms")
-        event, day = b.event(when, form=form, user=90001 if i == 4 else None,
-                             with_title=i % 3 == 0, with_name=i != 11)
+        event, day = b.event(
+            when,
+            form=form,
+            user=90001 if i == 4 else None,
+            with_title=i % 3 == 0,
+            with_name=i != 11,
+        )
         items.append(Item(event, VALID, day))
     day1 = [it for it in earlier if it.label == VALID and "Signal" in it.payload]
     items.insert(5, copy_of(day1[6], "re-delivered from 05-01 file"))
@@ -410,16 +538,25 @@ def nested_avro(b: Builder, earlier: list[Item]) -> list[Item]:
 
     items += [
         Item(ev(0, "Signal.View.Uri", None), "missing_field", note="View.Uri null"),
-        Item(ev(1, "Signal.User.Id", ["cust-1", "cust-2"]), "invalid_type",
-             note="User.Id is an array"),
+        Item(
+            ev(1, "Signal.User.Id", ["cust-1", "cust-2"]),
+            "invalid_type",
+            note="User.Id is an array",
+        ),
         Item(ev(2, "Signal.Timestamp", True), "invalid_type", note="Timestamp is a boolean"),
-        Item(set_path(ev(3, "Signal.Action.Name", {"Value": "click"}), "Signal.Timestamp",
-                      "never"), "invalid_type",
-             note="Action.Name an object and a free-text timestamp: invalid_type wins"),
-        Item(ev(4, "Signal.Timestamp", "2024-13-01T00:00:00Z"), "invalid_timestamp",
-             note="month 13"),
-        Item(ev(5, "Signal.View.Uri", "mailto:someone@contoso-outdoor.example"), "invalid_uri",
-             note="mailto: URL"),
+        Item(
+            set_path(ev(3, "Signal.Action.Name", {"Value": "click"}), "Signal.Timestamp", "never"),
+            "invalid_type",
+            note="Action.Name an object and a free-text timestamp: invalid_type wins",
+        ),
+        Item(
+            ev(4, "Signal.Timestamp", "2024-13-01T00:00:00Z"), "invalid_timestamp", note="month 13"
+        ),
+        Item(
+            ev(5, "Signal.View.Uri", "mailto:someone@contoso-outdoor.example"),
+            "invalid_uri",
+            note="mailto: URL",
+        ),
     ]
     return items
 
@@ -427,8 +564,11 @@ def nested_avro(b: Builder, earlier: list[Item]) -> list[Item]:
 def capture_avro(b: Builder, later_day1: list[Item]) -> list[Item]:
     """eventhubs-capture.avro: Event Hubs Capture records whose Body is one JSON event."""
     items: list[Item] = []
-    whens = [*b.day_times(date(2024, 5, 1), 6), *b.day_times(date(2024, 5, 2), 6),
-             *b.day_times(date(2024, 5, 3), 6)]
+    whens = [
+        *b.day_times(date(2024, 5, 1), 6),
+        *b.day_times(date(2024, 5, 2), 6),
+        *b.day_times(date(2024, 5, 3), 6),
+    ]
     for i, when in enumerate(whens):
         event, day = b.event(when, form="epoch" if i == 8 else "ms", with_title=i % 4 == 0)
         items.append(Item(flatten(event) if i == 14 else event, VALID, day))
@@ -445,18 +585,34 @@ def capture_avro(b: Builder, later_day1: list[Item]) -> list[Item]:
         Item(b'{"Signal":{"Export":{"Id":"\xc3\x28"}}}', "malformed", note="Body not UTF-8"),
         Item(dumps(b.event(times[0])[0])[:-7], "malformed", note="Body is cut-short JSON"),
         Item('"keep-alive"', "malformed", note="Body is a JSON string"),
-        Item(set_path(b.event(times[1])[0], "Signal.Export.Id", ""), "missing_field",
-             note="empty Export.Id"),
-        Item(set_path(b.event(times[2])[0], "Signal.View", ABSENT), "missing_field",
-             note="no View"),
-        Item(set_path(b.event(times[3])[0], "Signal.View.Uri", {"href": SITE}), "invalid_type",
-             note="View.Uri is an object"),
-        Item(set_path(b.event(times[4])[0], "Signal.Timestamp", "2024-05-02T25:00:00Z"),
-             "invalid_timestamp", note="hour 25"),
-        Item(set_path(b.event(times[5])[0], "Signal.View.Uri", "ftp://x"), "invalid_uri",
-             note="ftp URL"),
-        Item(set_path(b.event(times[6])[0], "Signal.View.Uri", "www.contoso-outdoor.example/x"),
-             "invalid_uri", note="no scheme"),
+        Item(
+            set_path(b.event(times[1])[0], "Signal.Export.Id", ""),
+            "missing_field",
+            note="empty Export.Id",
+        ),
+        Item(
+            set_path(b.event(times[2])[0], "Signal.View", ABSENT), "missing_field", note="no View"
+        ),
+        Item(
+            set_path(b.event(times[3])[0], "Signal.View.Uri", {"href": SITE}),
+            "invalid_type",
+            note="View.Uri is an object",
+        ),
+        Item(
+            set_path(b.event(times[4])[0], "Signal.Timestamp", "2024-05-02T25:00:00Z"),
+            "invalid_timestamp",
+            note="hour 25",
+        ),
+        Item(
+            set_path(b.event(times[5])[0], "Signal.View.Uri", "ftp://x"),
+            "invalid_uri",
+            note="ftp URL",
+        ),
+        Item(
+            set_path(b.event(times[6])[0], "Signal.View.Uri", "www.contoso-outdoor.example/x"),
+            "invalid_uri",
+            note="no scheme",
+        ),
     ]
     return items
 
@@ -490,29 +646,37 @@ def write_csv(items: list[Item]) -> bytes:
     writer.writerow(CSV_COLUMNS)
     for it in items:
         flat = it.payload
-        writer.writerow(["" if flat.get(c) is None else str(flat[c]) for c in CSV_COLUMNS
-                         if c in flat or it.label != "malformed"])
+        writer.writerow(
+            [
+                "" if flat.get(c) is None else str(flat[c])
+                for c in CSV_COLUMNS
+                if c in flat or it.label != "malformed"
+            ]
+        )
     return buf.getvalue().encode("utf-8")
 
 
 def avro_nested(event: dict[str, Any]) -> dict[str, Any]:
     s = event["Signal"]
-    return {"Signal": {
-        "Export": {"Id": s["Export"]["Id"]},
-        "User": {"Id": s["User"]["Id"]},
-        "Timestamp": s["Timestamp"],
-        "View": {"Uri": s["View"]["Uri"], "Title": s["View"].get("Title")},
-        "Action": {"Name": s["Action"]["Name"]},
-        "Name": s.get("Name"),
-        "Session": {"Id": s["Session"]["Id"]},
-        "Device": {"Type": s["Device"]["Type"], "Browser": s["Device"]["Browser"]},
-    }}
+    return {
+        "Signal": {
+            "Export": {"Id": s["Export"]["Id"]},
+            "User": {"Id": s["User"]["Id"]},
+            "Timestamp": s["Timestamp"],
+            "View": {"Uri": s["View"]["Uri"], "Title": s["View"].get("Title")},
+            "Action": {"Name": s["Action"]["Name"]},
+            "Name": s.get("Name"),
+            "Session": {"Id": s["Session"]["Id"]},
+            "Device": {"Type": s["Device"]["Type"], "Browser": s["Device"]["Browser"]},
+        }
+    }
 
 
 def write_avro(schema: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(schema), records, codec="deflate",
-                    sync_marker=AVRO_SYNC_MARKER)
+    fastavro.writer(
+        buf, fastavro.parse_schema(schema), records, codec="null", sync_marker=AVRO_SYNC_MARKER
+    )
     return buf.getvalue()
 
 
@@ -525,17 +689,22 @@ def capture_records(items: list[Item]) -> list[dict[str, Any]]:
         enqueued += timedelta(seconds=7)
         ms = int(enqueued.timestamp() * 1000)
         hour = enqueued.hour % 12 or 12
-        records.append({
-            "SequenceNumber": seq,
-            "Offset": str(offset),
-            "EnqueuedTimeUtc": f"{enqueued.month}/{enqueued.day}/{enqueued.year} "
-                               f"{hour}:{enqueued.minute:02d}:{enqueued.second:02d} "
-                               f"{'AM' if enqueued.hour < 12 else 'PM'}",
-            "SystemProperties": {"x-opt-sequence-number": seq, "x-opt-offset": str(offset),
-                                 "x-opt-enqueued-time": ms},
-            "Properties": {"Source": "web-tag", "ContentType": "application/json"},
-            "Body": body,
-        })
+        records.append(
+            {
+                "SequenceNumber": seq,
+                "Offset": str(offset),
+                "EnqueuedTimeUtc": f"{enqueued.month}/{enqueued.day}/{enqueued.year} "
+                f"{hour}:{enqueued.minute:02d}:{enqueued.second:02d} "
+                f"{'AM' if enqueued.hour < 12 else 'PM'}",
+                "SystemProperties": {
+                    "x-opt-sequence-number": seq,
+                    "x-opt-offset": str(offset),
+                    "x-opt-enqueued-time": ms,
+                },
+                "Properties": {"Source": "web-tag", "ContentType": "application/json"},
+                "Body": body,
+            }
+        )
         offset += len(body) + 120
     return records
 
@@ -553,7 +722,8 @@ def build() -> dict[str, tuple[list[Item], bytes]]:
         "web-events-2024-05-01.jsonl": (day1, write_jsonl(day1)),
         "web-events-2024-05-02.jsonl.gz": (day2, write_gzip(write_jsonl(day2))),
         "web-events-nested.avro": (
-            nested, write_avro(NESTED_SCHEMA, [avro_nested(it.payload) for it in nested])
+            nested,
+            write_avro(NESTED_SCHEMA, [avro_nested(it.payload) for it in nested]),
         ),
         "web-events.csv": (rows, write_csv(rows)),
     }
@@ -570,8 +740,12 @@ def tally(files: dict[str, list[str]], dates: dict[str, list[str | None]]) -> di
     per_date: dict[str, int] = {}
     per_file: dict[str, dict[str, int]] = {}
     for name, labels in files.items():
-        counts = {"records_read": 0, "activities_written": 0, "duplicates_dropped": 0,
-                  "rejected": 0}
+        counts = {
+            "records_read": 0,
+            "activities_written": 0,
+            "duplicates_dropped": 0,
+            "rejected": 0,
+        }
         for label, day in zip(labels, dates[name], strict=True):
             counts["records_read"] += 1
             if label == VALID:
@@ -659,8 +833,9 @@ def read_back(name: str, data: bytes) -> Iterator[Any]:
                 yield record
 
 
-def independent_outcome(written: dict[str, bytes]) -> tuple[dict[str, list[str]],
-                                                              dict[str, list[str | None]]]:
+def independent_outcome(
+    written: dict[str, bytes],
+) -> tuple[dict[str, list[str]], dict[str, list[str | None]]]:
     """Labels and dates per file, recomputed from the bytes alone."""
     seen: set[str] = set()
     labels: dict[str, list[str]] = {}
@@ -682,6 +857,28 @@ def independent_outcome(written: dict[str, bytes]) -> tuple[dict[str, list[str]]
 # README
 
 
+def positioned(name: str, items: list[Item]) -> Iterator[tuple[int, Item]]:
+    """Records with their position: the line number in JSON lines (blank lines count), else
+    the 1-based record number (CSV data row, Avro record)."""
+    position = 0
+    for it in items:
+        if it.label == "blank" and ".jsonl" not in name:
+            continue
+        position += 1
+        if it.label != "blank":
+            yield position, it
+
+
+def rejections(built: dict[str, tuple[list[Item], bytes]]) -> list[dict[str, Any]]:
+    """Every rejected record: file, position and reason."""
+    return [
+        {"file": name, "position": pos, "reason": it.label}
+        for name, (items, _) in sorted(built.items())
+        for pos, it in positioned(name, items)
+        if it.label in REASONS
+    ]
+
+
 def readme(expected: dict[str, Any], built: dict[str, tuple[list[Item], bytes]]) -> str:
     rows = "\n".join(
         f"| `exports/{name}` | {c['records_read']} | {c['activities_written']} | "
@@ -692,7 +889,12 @@ def readme(expected: dict[str, Any], built: dict[str, tuple[list[Item], bytes]])
     dates = "\n".join(f"| {d} | {n} |" for d, n in expected["activities_per_date"].items())
     notes = []
     for name, (items, _) in built.items():
-        special = [f"  - {it.label}: {it.note}" for it in items if it.note]
+        unit = "line" if ".jsonl" in name else "record"
+        special = [
+            f"  - {unit} {pos}: {it.label}, {it.note}"
+            for pos, it in positioned(name, items)
+            if it.note
+        ]
         notes.append(f"- `exports/{name}`\n" + "\n".join(special))
     return f"""# Sample data
 
@@ -702,14 +904,26 @@ reads, with the outcome it must produce. Generated by `make_sample_data.py` (det
 
 ## Files
 
-| file | what it is |
-| --- | --- |
-| `exports/web-events-2024-05-01.jsonl` | JSON lines, UTF-8, LF. Nested events of 2024-05-01, three in flat dotted-key form (`"Signal.Export.Id": ...`), one blank line (not a record), an integer `User.Id`, an integer `Export.Id`, an epoch-milliseconds timestamp, `+02:00` offsets and an event without `Signal.Name` (all valid). |
-| `exports/web-events-2024-05-02.jsonl.gz` | Gzipped JSON lines of 2024-05-02, incl. one line that is not valid UTF-8, events just before/after UTC midnight written with `+02:00` offsets (their UTC date is what counts), and re-deliveries of 05-01 events. |
-| `exports/web-events.csv` | CSV with a header of dotted names, RFC 4180 quoting and CRLF line ends: 2024-05-03 events; titles with quotes, commas and one embedded line break; empty cells are absent values; one row a field short (malformed). |
-| `exports/web-events-nested.avro` | Avro (deflate) records mirroring the nested form: a `Signal` record with `Export`, `User`, `View`, `Action`, `Session`, `Device` records. Unions let required fields be null, a boolean, an array or a map, so missing and wrongly typed values are expressible. Late events of 2024-05-01 and events of 2024-05-03. |
-| `exports/eventhubs-capture.avro` | Azure Event Hubs Capture file: `EventData` records (`SequenceNumber`, `Offset`, `EnqueuedTimeUtc`, `SystemProperties`, `Properties`, `Body`) whose `Body` is one JSON event in UTF-8; one body in flat form; bodies that are not UTF-8, cut short or not an object are malformed. At-least-once delivery: two bodies appear twice. |
-| `expected.json` | The outcome below, machine-readable. |
+- `exports/web-events-2024-05-01.jsonl`: JSON lines, UTF-8, LF. Nested events of 2024-05-01,
+  three in flat dotted-key form (`"Signal.Export.Id": ...`), one blank line (not a record), an
+  integer `User.Id`, an integer `Export.Id`, an epoch-milliseconds timestamp, `+02:00` offsets
+  and an event without `Signal.Name` (all valid).
+- `exports/web-events-2024-05-02.jsonl.gz`: gzipped JSON lines of 2024-05-02, incl. one line
+  that is not valid UTF-8, events just before/after UTC midnight written with `+02:00` offsets
+  (their UTC date is what counts) and re-deliveries of 05-01 events.
+- `exports/web-events.csv`: CSV with a header of dotted names, RFC 4180 quoting and CRLF line
+  ends; 2024-05-03 events; titles with quotes, commas and one embedded line break; empty cells
+  are absent values; one row is a field short (malformed).
+- `exports/web-events-nested.avro`: uncompressed Avro records mirroring the nested form: a
+  `Signal` record with `Export`, `User`, `View`, `Action`, `Session` and `Device` records.
+  Unions let required fields be null, a boolean, an array or a map, so missing and wrongly
+  typed values can be expressed. Late events of 2024-05-01 and events of 2024-05-03.
+- `exports/eventhubs-capture.avro`: an Azure Event Hubs Capture file: `EventData` records
+  (`SequenceNumber`, `Offset`, `EnqueuedTimeUtc`, `SystemProperties`, `Properties`, `Body`)
+  whose `Body` is one JSON event in UTF-8; one body in flat form; bodies that are not UTF-8, cut
+  short or not an object are malformed. At-least-once delivery: two bodies appear twice.
+- `expected.json`: the outcome below, machine-readable, plus every rejected record's file,
+  position (line number for JSON lines, else record number) and reason.
 
 ## Counting rules
 
@@ -726,10 +940,10 @@ both the capture file and the 05-01 file, so it is the 05-01 copy that counts as
 
 ## Expected outcome (all of `exports/`)
 
-- records read: **{expected['records_read']}**
-- activities written (valid, unique): **{expected['activities_written']}**
-- duplicates dropped: **{expected['duplicates_dropped']}**
-- rejected: **{expected['rejected_total']}**
+- records read: **{expected["records_read"]}**
+- activities written (valid, unique): **{expected["activities_written"]}**
+- duplicates dropped: **{expected["duplicates_dropped"]}**
+- rejected: **{expected["rejected_total"]}**
 
 | reason | rejected |
 | --- | --- |
@@ -751,17 +965,29 @@ Activities per UTC date:
 """
 
 
+def same_content(path: Path, data: bytes) -> bool:
+    """Whether ``path`` holds ``data``; gzip files are compared decompressed (zlibs differ)."""
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes()) == gzip.decompress(data)
+    return path.read_bytes() == data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate sample_data/exports.")
-    parser.add_argument("--check", action="store_true",
-                        help="verify the committed files instead of writing them")
+    parser.add_argument(
+        "--check", action="store_true", help="verify the committed files instead of writing them"
+    )
     args = parser.parse_args(argv)
 
     built = build()
-    labels = {name: [it.label for it in items if it.label != "blank"]
-              for name, (items, _) in sorted(built.items())}
-    dates = {name: [it.utc_date for it in items if it.label != "blank"]
-             for name, (items, _) in sorted(built.items())}
+    labels = {
+        name: [it.label for it in items if it.label != "blank"]
+        for name, (items, _) in sorted(built.items())
+    }
+    dates = {
+        name: [it.utc_date for it in items if it.label != "blank"]
+        for name, (items, _) in sorted(built.items())
+    }
     expected = tally(labels, dates)
 
     again_labels, again_dates = independent_outcome({n: data for n, (_, data) in built.items()})
@@ -769,20 +995,27 @@ def main(argv: list[str] | None = None) -> int:
         for name in labels:
             for pos, (want, got) in enumerate(zip(labels[name], again_labels[name], strict=True)):
                 if want != got:
-                    print(f"{name} record {pos + 1}: built as {want}, reads as {got}",
-                          file=sys.stderr)
+                    print(
+                        f"{name} record {pos + 1}: built as {want}, reads as {got}", file=sys.stderr
+                    )
         raise SystemExit("the written files do not read back as constructed")
 
     outputs: dict[Path, bytes] = {EXPORTS / name: data for name, (_, data) in built.items()}
-    summary = {k: expected[k] for k in ("records_read", "activities_written",
-                                        "duplicates_dropped", "rejected")}
+    summary = {
+        k: expected[k]
+        for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")
+    }
     summary |= {k: expected[k] for k in ("rejected_total", "activities_per_date", "per_file")}
+    summary["rejections"] = rejections(built)
     outputs[HERE / "expected.json"] = (json.dumps(summary, indent=2) + "\n").encode("utf-8")
     outputs[HERE / "README.md"] = readme(expected, built).encode("utf-8")
 
     if args.check:
-        stale = [str(p.relative_to(HERE)) for p, data in outputs.items()
-                 if not p.is_file() or p.read_bytes() != data]
+        stale = [
+            str(p.relative_to(HERE))
+            for p, data in outputs.items()
+            if not p.is_file() or not same_content(p, data)
+        ]
         if stale:
             print("out of date: " + ", ".join(stale), file=sys.stderr)
             return 1
@@ -791,8 +1024,14 @@ def main(argv: list[str] | None = None) -> int:
     EXPORTS.mkdir(parents=True, exist_ok=True)
     for path, data in outputs.items():
         path.write_bytes(data)
-    print(json.dumps({k: summary[k] for k in ("records_read", "activities_written",
-                                              "duplicates_dropped", "rejected")}))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")
+            }
+        )
+    )
     return 0
 
 

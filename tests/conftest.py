@@ -17,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
+pytest_plugins = ["conftest_azurite"]
+
 
 def event(eid, ts="2024-05-01T10:00:00Z", user="u1", uri="https://contoso.com/p", action="Email promo",
           name="EmailPromoClick", **extra):
