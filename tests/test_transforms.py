@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import event, write_jsonl
 
+from conftest import event, write_jsonl
 from insights_link.batch import ActivitySpec, process_block_reference
 from insights_link.inputs import RawBlock, resolve_inputs
 from insights_link.transforms import (
@@ -23,7 +23,7 @@ from insights_link.transforms import (
     ValidateAndMap,
 )
 
-SPEC = ActivitySpec("WebLog", "WebLog", (), "run1", datetime(2026, 1, 1, tzinfo=timezone.utc))
+SPEC = ActivitySpec("WebLog", "WebLog", (), "run1", datetime(2026, 1, 1, tzinfo=UTC))
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 
 
