@@ -56,14 +56,42 @@ class Activity:
 # Decoding
 
 
+def _first_key_wins(pairs: list[tuple[str, Any]]) -> dict:
+    """Duplicate keys in one object: the first occurrence wins (as in DuckDB's reader)."""
+    out: dict = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_first_key_wins)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]|\\u[dD][c-fC-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def decode_json_text(text: str) -> dict | Rejection:
-    """Parse one JSON-lines record; anything but a JSON object is ``malformed``."""
+    """Parse one JSON-lines record; anything but a JSON object is ``malformed``.
+
+    Strict JSON (RFC 8259) as Python reads it, except that an escaped lone surrogate
+    (``"\\ud800"``) is not valid Unicode and makes the record malformed.
+    """
     try:
-        value = json.loads(text)
+        value = _DECODER.decode(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        return Rejection("malformed", f"malformed: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})")
+        return Rejection("malformed", f"malformed: not valid JSON ({getattr(exc, 'msg', exc)})")
     if not isinstance(value, dict):
         return Rejection("malformed", f"malformed: a JSON {type(value).__name__} is not an event object")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        return Rejection("malformed", "malformed: an escaped lone surrogate is not valid Unicode")
     return value
 
 
@@ -172,9 +200,12 @@ def _from_epoch_ms(ms: int) -> datetime | str:
     return moment
 
 
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f]")
+
+
 def check_uri(value: str) -> str | None:
     """None when ``value`` is an absolute http(s) URL with a host, else the problem."""
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+    if _SPACE_OR_CONTROL.search(value):
         return f"{value!r} contains whitespace or control characters"
     try:
         parts = urlsplit(value)

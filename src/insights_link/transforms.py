@@ -180,7 +180,7 @@ class WriteDeadLettersFn(beam.DoFn):
         rank, index, count, encoded = element
         key = join(self.data_source, "_staging", self.run_id, "deadletter",
                    f"{rank:06d}_{index:06d}.jsonl.gz")
-        self.storage.write_bytes(key, gzip.compress(encoded, mtime=0))
+        self.storage.write_bytes(key, gzip.compress(encoded, compresslevel=1, mtime=0))
         self.dead_lettered.inc(count)
         yield {"dead_letter_files": [key]}
 
