@@ -186,9 +186,10 @@ def parse_timestamp(value: Any) -> datetime | str:
         hours, minutes = int(digits[:2]), int(digits[2:] or 0)
         if hours > 23 or minutes > 59:
             return f"{value!r} has an impossible UTC offset"
-        moment -= sign * timedelta(hours=hours, minutes=minutes)
-    if not 1 <= moment.year <= 9999:
-        return f"{value!r} is out of range"
+        try:
+            moment -= sign * timedelta(hours=hours, minutes=minutes)
+        except OverflowError:
+            return f"{value!r} is out of range"
     return moment
 
 
