@@ -37,7 +37,7 @@ def test_read_raw_blocks_splits_files_into_blocks(tmp_path):
     write_jsonl(tmp_path / "b.jsonl", [event("x"), "", event("y")])
     files = resolve_inputs([str(tmp_path)])
     p = TestPipeline(options=OPTIONS)
-    blocks = p | beam.Create(files) | ReadRawBlocks(block_records=2)
+    blocks = p | beam.Create([(f, ("WebLog",)) for f in files]) | ReadRawBlocks(block_records=2)
     summary = blocks | beam.Map(lambda b: (b.source.rsplit("/", 1)[1], b.index, b.positions))
     assert_that(summary, equal_to([("a.jsonl", 0, [1, 2]), ("a.jsonl", 1, [3, 4]), ("a.jsonl", 2, [5]),
                                    ("b.jsonl", 0, [1, 3])]))
@@ -48,20 +48,21 @@ def test_read_raw_blocks_splits_files_into_blocks(tmp_path):
 
 def _block(records, rank=0, index=0):
     lines = [(r if isinstance(r, str) else json.dumps(r)).encode() for r in records]
-    return RawBlock("mem.jsonl", rank, index, "jsonl", list(range(1, len(lines) + 1)), lines)
+    return RawBlock("mem.jsonl", rank, index, "jsonl", list(range(1, len(lines) + 1)), lines,
+                    activities=("WebLog",))
 
 
 def test_validate_and_map_tags_dead_letters_and_keys_rows_by_date():
     block = _block([event("a"), event("b", ts="2024-05-02T00:00:00Z"), "nope", event("c", uri="x")])
     p = TestPipeline(options=OPTIONS)
-    out = p | beam.Create([block]) | ValidateAndMap(SPEC)
+    out = p | beam.Create([block]) | ValidateAndMap({"WebLog": SPEC})
     keyed = out.activities | beam.Map(lambda kv: (kv[0], kv[1]["ActivityId"].to_pylist()))
     assert_that(keyed, equal_to([(("WebLog", "2024-05-01"), ["a"]), (("WebLog", "2024-05-02"), ["b"])]),
                 label="rows")
     reasons = out[DEAD_LETTERS] | beam.FlatMap(
         lambda t: [(d["reason"], d["position"]) for d in map(json.loads, t[3].splitlines())])
     assert_that(reasons, equal_to([("malformed", 3), ("invalid_uri", 4)]), label="dead")
-    read = out[TALLIES] | beam.Map(lambda t: t["records_read"])
+    read = out[TALLIES] | beam.Map(lambda t: t["tables"]["WebLog"]["records_read"])
     assert_that(read, equal_to([4]), label="tallies")
     result = p.run()
     result.wait_until_finish()
@@ -86,11 +87,12 @@ def test_dedupe_keeps_the_first_copy_in_input_order_whatever_the_bundles():
 
 
 def test_merge_outcomes_is_order_independent():
-    parts = [{"records_read": 2, "rejected": {"malformed": 1}, "files": [{"location": "b"}]},
-             {"records_read": 3, "duplicates_dropped": 1, "files": [{"location": "a"}]},
+    parts = [{"tables": {"T": {"records_read": 2, "rejected": {"malformed": 1}}}, "files": [{"staged": "b"}]},
+             {"tables": {"T": {"records_read": 3, "duplicates_dropped": 1}}, "files": [{"staged": "a"}]},
              {"dead_letter_files": ["z", "y"]}]
     merged = [MergeOutcomes().extract_output(
         MergeOutcomes().merge_accumulators([MergeOutcomes().add_input(MergeOutcomes().create_accumulator(), x)
                                             for x in order])) for order in (parts, parts[::-1])]
     assert merged[0] == merged[1]
-    assert merged[0]["records_read"] == 5 and [f["location"] for f in merged[0]["files"]] == ["a", "b"]
+    assert merged[0]["tables"]["T"]["records_read"] == 5
+    assert [f["staged"] for f in merged[0]["files"]] == ["a", "b"]

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob import ExponentialRetry as BlobExponentialRetry
 
-from insights_link.storage import ObjectInfo, StorageError, join
+from insights_link.storage import LockBusy, ObjectInfo, StorageError, join
 
 if TYPE_CHECKING:
     from azure.storage.filedatalake import DataLakeServiceClient, FileSystemClient
@@ -83,8 +84,7 @@ _URL_FORMS = (
 )
 
 
-class LockBusy(StorageError):
-    """The lock blob is leased by someone else (another run holds the lock)."""
+# LockBusy lives in storage.py so that callers catch one type for every backend.
 
 
 # --------------------------------------------------------------------------------------------
@@ -961,6 +961,28 @@ class AzureStorage:
                     self.describe(key),
                     to_storage_error(exc, "release the lease on", self.describe(key)),
                 )
+
+    @contextlib.contextmanager
+    def lock(self, key: str, seconds: int = 30) -> Iterator[None]:
+        """A lease on a lock blob, renewed in the background while the block runs; a killed
+        holder's lease expires after at most ``seconds``."""
+        with self.lease(key, seconds) as held:
+            stop = threading.Event()
+
+            def renew() -> None:
+                while not stop.wait(seconds / 3):
+                    try:
+                        held.renew()
+                    except StorageError as exc:  # keep trying: the next renewal may get through
+                        logger.warning("could not renew the lock on %s: %s", self.describe(key), exc)
+
+            thread = threading.Thread(target=renew, name="insights-link-lease", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
 
     def _acquire(self, blob: BlobClient, key: str, seconds: int) -> BlobLeaseClient:
         for _attempt in range(3):

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insights_link.contract import activity_schema
+from insights_link.contract import EVENT_NAME, UTC_MICROS, activity_schema
 from insights_link.inputs import RawBlock
 from insights_link.records import (
     Activity,
@@ -27,6 +27,7 @@ from insights_link.records import (
     decode_avro_record,
     decode_csv_row,
     decode_json_bytes,
+    field_value,
 )
 
 RANK = "_rank"
@@ -42,6 +43,20 @@ class ActivitySpec:
     properties: tuple[str, ...]
     run_id: str
     last_updated: datetime
+    #: keep only events whose Signal.Name is one of these (None: keep all); applied after decoding
+    event_names: tuple[str, ...] | None = None
+    #: keep only activities with since <= ActivityTime < until; applied after validation
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def wants(self, event: dict) -> bool:
+        """Whether the event passes the ``event_names`` filter (decoded events only)."""
+        if self.event_names is None:
+            return True
+        name = field_value(event, EVENT_NAME)
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)
+        return isinstance(name, str) and name in self.event_names
 
     def schema(self) -> pa.Schema:
         """The Parquet schema of this table."""
@@ -59,6 +74,10 @@ class BlockResult:
     table: pa.Table
     dead_letters: list[dict] = field(default_factory=list)
     records_read: int = 0
+    #: left out by the activity's event_names filter or the run's time window
+    filtered_out: int = 0
+    #: of those, left out by the time window (after validation)
+    outside_window: int = 0
 
     def rejected(self) -> Counter:
         return Counter(d["reason"] for d in self.dead_letters)
@@ -133,8 +152,12 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     """Reference path: decode, validate and map each record with the pure functions."""
     rows: list[tuple[int, int, Activity]] = []
     dead: list[dict] = []
+    filtered = 0
     for i in range(len(block.payloads)):
         event = decode(block, i)
+        if not isinstance(event, Rejection) and not spec.wants(event):
+            filtered += 1
+            continue
         outcome = event if isinstance(event, Rejection) else check_event(event, spec.properties)
         if isinstance(outcome, Rejection):
             dead.append(dead_letter(block, i, outcome, spec.run_id))
@@ -146,16 +169,34 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
         dead.append({"reason": "malformed", "detail": detail, "source": block.source,
                      "position": position, "payload": None, "run_id": spec.run_id})
         read += 1
-    return BlockResult(rows_to_table(spec, rows), dead, read)
+    return BlockResult(rows_to_table(spec, rows), dead, read, filtered)
 
 
 def process_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
-    """Validate and map one block (the entry point the pipeline uses)."""
+    """Validate, filter and map one block (the entry point the pipeline uses)."""
     if block.fmt == "jsonl":
         from insights_link.fastpath import process_jsonl_block
 
-        return process_jsonl_block(block, spec)
-    return process_block_reference(block, spec)
+        result = process_jsonl_block(block, spec)
+    else:
+        result = process_block_reference(block, spec)
+    return within_window(result, spec)
+
+
+def within_window(result: BlockResult, spec: ActivitySpec) -> BlockResult:
+    """Apply the run's ``--since``/``--until`` window; rows outside it are filtered out."""
+    if spec.since is None and spec.until is None:
+        return result
+    times = result.table["ActivityTime"]
+    keep = pa.array([True] * result.table.num_rows) if result.table.num_rows else pa.array([], pa.bool_())
+    if spec.since is not None:
+        keep = pc.and_(keep, pc.greater_equal(times, pa.scalar(spec.since, UTC_MICROS)))
+    if spec.until is not None:
+        keep = pc.and_(keep, pc.less(times, pa.scalar(spec.until, UTC_MICROS)))
+    table = result.table.filter(keep)
+    dropped = result.table.num_rows - table.num_rows
+    return BlockResult(table, result.dead_letters, result.records_read, result.filtered_out + dropped,
+                       result.outside_window + dropped)
 
 
 # ---------------------------------------------------------------------------------------------

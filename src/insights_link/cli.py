@@ -1,22 +1,33 @@
 """The ``insights-link`` command: ``insights-link export ...``.
 
 Thin: configure logging, call :func:`insights_link.pipeline.run`, print the summary, map errors
-to exit codes. Exit codes: 0 committed (also with rejected records), 1 the run failed and
-committed nothing, 2 usage or configuration error (nothing written).
+to exit codes (documented in the README for schedulers):
+
+    0 committed (also with rejected records, or when every input was skipped)
+    1 the run failed and committed nothing
+    2 usage or configuration error (nothing written)
+    3 more records rejected than --max-rejected-ratio allows (nothing committed)
+    4 another run held the data source's lock for longer than --lock-wait
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_TOO_MANY_REJECTED = 3
+EXIT_BUSY = 4
 
-USAGE = """usage: insights-link export --input PATH [--input PATH ...] --output LAKE_ROOT
-         [--data-source NAME] [--activity-name NAME] [--activity-type TYPE]
+USAGE = """usage: insights-link export (--job JOB.toml | --input PATH [--input PATH ...] --output LAKE_ROOT)
+         [--data-source NAME] [--activity-name NAME] [--activity-type TYPE] [--event-name NAME ...]
          [--input-format jsonl|csv|avro] [--reprocess] [--property Signal.X.Y ...]
+         [--layout full|incremental] [--since ISO8601] [--until ISO8601] [--max-rejected-ratio R]
+         [--grant-read OBJECT_ID ...] [--lock-wait SECONDS] [--log-format text|json]
          [--run-id ID] [--run-time ISO8601] [any Apache Beam pipeline option]"""
 
 logger = logging.getLogger("insights_link")
@@ -30,12 +41,19 @@ def summary_text(report: dict) -> str:
         f"  activities written:  {report.get('activities_written', 0)}",
         f"  duplicates dropped:  {report.get('duplicates_dropped', 0)}",
     ]
+    if report.get("filtered_out"):
+        lines.append(f"  filtered out:        {report['filtered_out']}")
     rejected = report.get("rejected", {})
-    total = sum(rejected.values())
-    lines.append(f"  rejected:            {total}")
+    lines.append(f"  rejected:            {sum(rejected.values())}")
     for reason, count in rejected.items():
         if count:
             lines.append(f"    {reason:<18} {count}")
+    activities = report.get("activities", {})
+    if len(activities) > 1:
+        for name, counts in activities.items():
+            lines.append(f"  table {name}: {counts['activities_written']} written, "
+                         f"{counts['duplicates_dropped']} duplicates, {sum(counts['rejected'].values())} "
+                         f"rejected, {counts['filtered_out']} filtered out")
     skipped = [i["source"] for i in report.get("inputs", []) if i.get("status") == "skipped"]
     if skipped:
         lines.append(f"  inputs skipped (committed earlier, use --reprocess): {len(skipped)}")
@@ -58,14 +76,42 @@ class _QuietDependencies(logging.Filter):
         return not any(n in record.getMessage() for n in self.NOISE)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
     """Log lines to stderr; stdout is kept for the summary."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_QuietDependencies())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def _log_format(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1]
+    return "text"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,20 +122,35 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] != "export":
         print(f"insights-link: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging()
-    from insights_link.pipeline import RunFailed, UsageError, run
+    log_format = _log_format(argv)
+    configure_logging(log_format)
+    from insights_link.pipeline import DataSourceBusy, RunFailed, TooManyRejected, UsageError, run
 
     try:
         report = run(argv[1:])
     except UsageError as exc:
-        print(f"insights-link: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(log_format, EXIT_USAGE, f"insights-link: error: {exc}", "usage_error")
+    except TooManyRejected as exc:
+        return _failed(log_format, EXIT_TOO_MANY_REJECTED, f"insights-link: run failed: {exc}", "failed")
+    except DataSourceBusy as exc:
+        return _failed(log_format, EXIT_BUSY, f"insights-link: data source busy: {exc}", "busy")
     except RunFailed as exc:
         logger.debug("run failed", exc_info=True)
-        print(f"insights-link: run failed, nothing committed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(summary_text(report))
+        return _failed(log_format, EXIT_FAILED, f"insights-link: run failed, nothing committed: {exc}",
+                       "failed")
+    if log_format == "json":
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(summary_text(report))
     return EXIT_OK
+
+
+def _failed(log_format: str, code: int, message: str, status: str) -> int:
+    """One clear line on stderr; with JSON logs also a JSON summary as the last stdout line."""
+    print(message, file=sys.stderr)
+    if log_format == "json":
+        print(json.dumps({"status": status, "exit_code": code, "error": message}))
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

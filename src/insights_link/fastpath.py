@@ -140,8 +140,16 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     if n == 0:
         return process_block_reference(block, spec)
     fast = vectorized_check(block, spec)
+    filtered = 0
+    if spec.event_names is not None:
+        wanted = pc.fill_null(pc.is_in(fast["name"], value_set=pa.array(spec.event_names, pa.string())), False)
+        filtered = fast.num_rows - pc.sum(wanted).as_py() if fast.num_rows else 0
+        unwanted_idx = fast.filter(pc.invert(wanted))["i"]
+        fast = fast.filter(wanted)
     taken = np.zeros(n, dtype=bool)
     taken[fast["i"].to_numpy()] = True
+    if filtered:
+        taken[unwanted_idx.to_numpy()] = True
     slow_idx = np.flatnonzero(~taken).tolist()
 
     m = fast.num_rows
@@ -163,10 +171,11 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     fast_table = pa.table(columns).cast(schema)
 
     if not slow_idx and not block.unreadable:
-        return BlockResult(fast_table, [], n)
+        return BlockResult(fast_table, [], n, filtered)
     rest = RawBlock(block.source, block.rank, block.index, block.fmt,
                     [block.positions[k] for k in slow_idx], [block.payloads[k] for k in slow_idx],
                     unreadable=block.unreadable)
     slow = process_block_reference(rest, spec)
     table = pa.concat_tables([fast_table, slow.table]) if slow.table.num_rows else fast_table
-    return BlockResult(table, slow.dead_letters, m + slow.records_read)
+    return BlockResult(table, slow.dead_letters, m + filtered + slow.records_read,
+                       filtered + slow.filtered_out)

@@ -75,6 +75,8 @@ class RawBlock:
     header: list[str] | None = None  # CSV only
     #: a record standing for an unreadable rest of the file: (position, detail)
     unreadable: tuple[int, str] | None = None
+    #: the activity tables that read this file
+    activities: tuple[str, ...] = ()
 
 
 def format_of(key: str) -> str | None:

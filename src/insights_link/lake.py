@@ -26,8 +26,11 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from insights_link.contract import Column
 from insights_link.manifest import (
@@ -38,7 +41,7 @@ from insights_link.manifest import (
     manifest_document,
     parse_manifest,
 )
-from insights_link.storage import Storage, join
+from insights_link.storage import LockBusy, Storage, join
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +60,37 @@ class LakeError(RuntimeError):
     """The data-source folder is in a state this run must not touch; the message says why."""
 
 
-def partition_folder(table: str, date: str) -> str:
-    """``WebLog``, ``2024-05-01`` -> ``WebLog/FullData/2024/05/01``."""
+class LakeBusy(LakeError):
+    """Another run holds the data source's lock."""
+
+
+LAYOUTS = ("full", "incremental")
+
+
+def partition_file_name(table: str, date: str, run_id: str, index: int) -> str:
+    """A Parquet file's name: table, event date, run, piece (``WebLog_20240501_<run>_000.parquet``)."""
+    return f"{table}_{date.replace('-', '')}_{run_id}_{index:03d}.parquet"
+
+
+def full_location(table: str, date: str, name: str) -> str:
+    """``WebLog/FullData/2024/05/01/<name>``: initial data, foldered by event date."""
     year, month, day = date.split("-")
-    return f"{table}/FullData/{year}/{month}/{day}"
+    return f"{table}/FullData/{year}/{month}/{day}/{name}"
 
 
-def partition_file(table: str, date: str, run_id: str, index: int) -> str:
-    """A Parquet file's key relative to the data-source folder; the date shows in the name."""
-    return f"{partition_folder(table, date)}/{table}_{date.replace('-', '')}_{run_id}_{index:03d}.parquet"
+def incremental_location(table: str, committed: datetime, name: str) -> str:
+    """``WebLog/IncrementalData/2026/11/28/14/Upserts/<name>``: foldered by the UTC hour of the
+    commit, as Customer Insights' incremental refresh expects (it reads an hour once it ended)."""
+    return f"{table}/IncrementalData/{committed.astimezone(UTC):%Y/%m/%d/%H}/Upserts/{name}"
 
 
 def date_of_partition(location: str) -> str | None:
-    """The event date a partition location holds (``.../FullData/2024/05/01/x`` -> ``2024-05-01``)."""
-    parts = location.split("/")
-    if len(parts) >= 6 and parts[1] == "FullData":
-        return f"{parts[2]}-{parts[3]}-{parts[4]}"
+    """The event date a partition file holds, from its name (``WebLog_20240501_...``)."""
+    table = location.split("/", 1)[0]
+    name = location.rsplit("/", 1)[-1]
+    digits = name[len(table) + 1: len(table) + 9]
+    if name.startswith(table + "_") and digits.isdigit():
+        return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
     return None
 
 
@@ -88,7 +106,7 @@ class LakeState:
         """Committed partition locations of ``table`` grouped by event date."""
         grouped: dict[str, list[str]] = {}
         state = self.tables.get(table)
-        for location in state.partitions if state else []:
+        for location in state.all_locations() if state else []:
             date = date_of_partition(location)
             if date:
                 grouped.setdefault(date, []).append(location)
@@ -111,6 +129,27 @@ class Lake:
 
     def describe(self) -> str:
         return self.storage.describe(self.data_source)
+
+    @contextmanager
+    def locked(self, wait_seconds: float, poll_seconds: float = 1.0) -> Iterator[None]:
+        """Hold the data source's lock for a run; wait up to ``wait_seconds`` for another run.
+
+        Raises :class:`LakeBusy` when the lock stays taken. Local lakes use a file lock the kernel
+        releases when its holder dies; ADLS uses a blob lease that expires after its holder dies.
+        """
+        waited = 0.0
+        while True:
+            try:
+                with self.storage.lock(self.key("_lock")):
+                    yield
+                return
+            except LockBusy as exc:
+                if waited >= wait_seconds:
+                    raise LakeBusy(
+                        f"another run is writing to data source {self.data_source!r} "
+                        f"({exc}); waited {wait_seconds:g} s") from exc
+            time.sleep(poll_seconds)
+            waited += poll_seconds
 
     # -- reading the committed state ---------------------------------------------------------
 
@@ -152,7 +191,7 @@ class Lake:
         if not leftovers:
             return []
         tables = self.read_tables()
-        referenced = {loc for t in tables.values() for loc in t.partitions}
+        referenced = {loc for t in tables.values() for loc in t.all_locations()}
         rolled_back = False
         for run_id in leftovers:
             report_key = self.key("_runs", f"{run_id}.json")
@@ -183,6 +222,20 @@ class Lake:
 
     # -- committing --------------------------------------------------------------------------
 
+    def locate(self, files: list[dict], layout: str, committed: datetime) -> list[dict]:
+        """Decide where each staged file goes: FullData by event date, or (incremental layout,
+        table already holding data) IncrementalData by the commit hour."""
+        tables = self.read_tables()
+        located = []
+        for f in files:
+            held = tables.get(f["table"])
+            if layout == "incremental" and held and held.all_locations():
+                location, kind = incremental_location(f["table"], committed, f["name"]), "incremental"
+            else:
+                location, kind = full_location(f["table"], f["date"], f["name"]), "full"
+            located.append(dict(f, location=location, kind=kind))
+        return located
+
     def commit(
         self,
         run_id: str,
@@ -193,7 +246,8 @@ class Lake:
     ) -> dict:
         """Publish a run's staged output; returns the report as written (status committed).
 
-        ``files``: [{"staged": key, "location": relative location, "table": name}, ...].
+        ``files``: [{"staged": key, "location": relative location, "kind": "full"|"incremental",
+        "table": name}, ...] as :meth:`locate` returns them.
         """
         report = dict(report, status="committed")
         if dead_letter_keys:
@@ -219,7 +273,8 @@ class Lake:
                     self.storage.write_bytes(doc_key, doc)
                 tables.setdefault(name, TableState(name))
             for f in files:
-                tables[f["table"]].partitions.append(f["location"])
+                held = tables[f["table"]]
+                (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
             self.storage.write_bytes(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables))
         failpoint("after_manifest")
         self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)

@@ -20,12 +20,19 @@ class ManifestError(ValueError):
     """The data-source folder holds a manifest this tool cannot read or extend."""
 
 
+INCREMENTAL_TRAIT = "is.partition.incremental"
+
+
 @dataclass
 class TableState:
     """What the committed manifest says about one table: its partition locations."""
 
     name: str
-    partitions: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)  # FullData files
+    incremental: list[str] = field(default_factory=list)  # IncrementalData/.../Upserts files
+
+    def all_locations(self) -> list[str]:
+        return self.partitions + self.incremental
 
 
 def entity_document(table: str, columns: tuple[Column, ...]) -> bytes:
@@ -53,8 +60,9 @@ def entity_columns(document: bytes) -> list[str]:
 def manifest_document(data_source: str, tables: dict[str, TableState]) -> bytes:
     """The manifest listing every committed Parquet file of every table as a data partition."""
     entities = []
+    upsert = {"traitReference": INCREMENTAL_TRAIT, "arguments": [{"name": "type", "value": "Upsert"}]}
     for name in sorted(tables):
-        entities.append({
+        entity = {
             "type": "LocalEntity",
             "entityName": name,
             "entityPath": f"{name}.cdm.json/{name}",
@@ -62,7 +70,15 @@ def manifest_document(data_source: str, tables: dict[str, TableState]) -> bytes:
                 {"location": location, "exhibitsTraits": [{"traitReference": PARQUET_TRAIT}]}
                 for location in sorted(tables[name].partitions)
             ],
-        })
+        }
+        if tables[name].incremental:
+            # Listed file by file rather than as a pattern: a pattern would make a file visible
+            # the moment it lands, before its run commits.
+            entity["incrementalPartitions"] = [
+                {"location": location, "exhibitsTraits": [{"traitReference": PARQUET_TRAIT}, upsert]}
+                for location in sorted(tables[name].incremental)
+            ]
+        entities.append(entity)
     doc = {
         "jsonSchemaSemanticVersion": "1.0.0",
         "imports": _IMPORTS,
@@ -81,7 +97,8 @@ def parse_manifest(document: bytes) -> dict[str, TableState]:
         for entity in doc.get("entities", []):
             name = entity["entityName"]
             locations = [p["location"] for p in entity.get("dataPartitions", [])]
-            tables[name] = TableState(name, locations)
+            incremental = [p["location"] for p in entity.get("incrementalPartitions", [])]
+            tables[name] = TableState(name, locations, incremental)
         return tables
     except (ValueError, KeyError, TypeError) as exc:
         raise ManifestError(f"cannot read the existing manifest: {exc}") from exc

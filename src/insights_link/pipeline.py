@@ -1,8 +1,9 @@
 """Options, launch and commit: ``run(argv)`` is the one entry point the CLI and launchers use.
 
-A run: parse and check options (usage errors before anything is written) -> resolve inputs ->
-recover the data-source folder -> skip inputs earlier runs committed -> run the Beam pipeline
-(writes only to staging) -> check the balance -> commit -> print the summary.
+A run: parse and check options and the job file (usage errors before anything is written) ->
+resolve inputs -> take the data source's lock -> recover what a dead run left -> skip inputs
+earlier runs committed -> run the Beam pipeline (writes only to staging) -> check the balance and
+the rejected ratio -> commit -> report.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from insights_link.contract import (
     check_name,
 )
 from insights_link.inputs import DEFAULT_BLOCK_RECORDS, FORMATS, InputError, InputFile, resolve_inputs
-from insights_link.lake import Lake, LakeState
+from insights_link.jobfile import Job, JobFileError, load_job
+from insights_link.lake import LAYOUTS, Lake, LakeBusy, LakeState
 from insights_link.records import parse_timestamp
 from insights_link.storage import StorageError, is_remote, open_storage
-from insights_link.transforms import ExportActivities, counter_totals
+from insights_link.transforms import COUNTS, ExportActivities, counter_totals, empty_counts, empty_outcome
 
 logger = logging.getLogger(__name__)
 
 #: Rows per Parquet file: ~150 bytes a row compressed puts 2M rows near 300 MB (16 MB-1 GB aim).
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000
+DEFAULT_LOCK_WAIT = 60.0
 
 
 class UsageError(ValueError):
@@ -50,49 +53,63 @@ class RunFailed(RuntimeError):
     """The run could not complete; nothing was committed (exit code 1)."""
 
 
+class TooManyRejected(RunFailed):
+    """More than ``--max-rejected-ratio`` of the records were rejected (exit code 3)."""
+
+
+class DataSourceBusy(RunFailed):
+    """Another run held the data source's lock for longer than ``--lock-wait`` (exit code 4)."""
+
+
+# Our options, defined once: for Beam's PipelineOptions (so Beam knows them) and for finding
+# which ones the command line gave explicitly (they override the job file).
+_OPTIONS: list[tuple[str, dict]] = [
+    ("--job", {"help": "TOML job file holding the run's settings and activities"}),
+    ("--input", {"action": "append", "help": "file, glob or folder of exported events (repeatable)"}),
+    ("--output", {"help": "LAKE_ROOT: local folder or abfss:// URL"}),
+    ("--data-source", {"dest": "data_source", "help": "data-source folder and manifest name"}),
+    ("--activity-name", {"dest": "activity_name", "help": "table (CDM entity) name"}),
+    ("--activity-type", {"dest": "activity_type", "help": "ActivityType column value"}),
+    ("--event-name", {"dest": "event_names", "action": "append",
+                      "help": "keep only events with this Signal.Name (repeatable)"}),
+    ("--property", {"dest": "properties", "action": "append",
+                    "help": "extra Signal property to carry as a string column (repeatable)"}),
+    ("--input-format", {"dest": "input_format", "choices": FORMATS}),
+    ("--reprocess", {"action": "store_true", "help": "process inputs even if an earlier run committed them"}),
+    ("--layout", {"choices": LAYOUTS, "help": "full (default) or incremental"}),
+    ("--since", {"help": "keep activities at or after this ISO 8601 time"}),
+    ("--until", {"help": "keep activities before this ISO 8601 time"}),
+    ("--max-rejected-ratio", {"dest": "max_rejected_ratio", "type": float,
+                              "help": "fail (exit 3) when a larger share of records is rejected"}),
+    ("--grant-read", {"dest": "grant_read", "action": "append",
+                      "help": "object id allowed to read the data-source folder (ADLS with HNS)"}),
+    ("--lock-wait", {"dest": "lock_wait", "type": float,
+                     "help": f"seconds to wait for another run's lock (default {DEFAULT_LOCK_WAIT:g})"}),
+    ("--log-format", {"dest": "log_format", "choices": ("text", "json")}),
+    ("--run-id", {"dest": "run_id", "help": "the run's id (default: UTC time + random suffix)"}),
+    ("--run-time", {"dest": "run_time", "help": "the run's clock, ISO 8601; sets LastUpdated"}),
+    ("--max-rows-per-file", {"dest": "max_rows_per_file", "type": int}),
+    ("--block-records", {"dest": "block_records", "type": int}),
+]
+_ACTIVITY_FLAGS = ("input", "activity_name", "activity_type", "event_names", "properties")
+
+
+def _add_options(parser, default=None) -> None:
+    for flag, kwargs in _OPTIONS:
+        kwargs = dict(kwargs)
+        if kwargs.get("action") == "store_true":
+            kwargs["default"] = argparse.SUPPRESS if default is argparse.SUPPRESS else False
+        else:
+            kwargs["default"] = default
+        parser.add_argument(flag, **kwargs)
+
+
 class ExportOptions(PipelineOptions):
     """insights-link's own options; every other option is Beam's."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", action="append", default=None,
-                            help="file, glob or folder of exported events (repeatable)")
-        parser.add_argument("--output", default=None, help="LAKE_ROOT: local folder or abfss:// URL")
-        parser.add_argument("--data-source", dest="data_source", default=DEFAULT_DATA_SOURCE)
-        parser.add_argument("--activity-name", dest="activity_name", default=DEFAULT_ACTIVITY_NAME)
-        parser.add_argument("--activity-type", dest="activity_type", default=DEFAULT_ACTIVITY_TYPE)
-        parser.add_argument("--input-format", dest="input_format", choices=FORMATS, default=None)
-        parser.add_argument("--reprocess", action="store_true", default=False,
-                            help="process inputs even if an earlier run committed them")
-        parser.add_argument("--property", dest="properties", action="append", default=None,
-                            help="extra Signal property to carry as a string column (repeatable)")
-        parser.add_argument("--run-id", dest="run_id", default=None,
-                            help="the run's id (default: UTC time + random suffix)")
-        parser.add_argument("--run-time", dest="run_time", default=None,
-                            help="the run's clock, ISO 8601 (default: now, UTC); sets LastUpdated")
-        parser.add_argument("--max-rows-per-file", dest="max_rows_per_file", type=int,
-                            default=DEFAULT_MAX_ROWS_PER_FILE)
-        parser.add_argument("--block-records", dest="block_records", type=int,
-                            default=DEFAULT_BLOCK_RECORDS)
-
-
-@dataclass
-class RunConfig:
-    """The checked configuration of one run."""
-
-    inputs: list[str]
-    output: str
-    data_source: str
-    activity_name: str
-    activity_type: str
-    input_format: str | None
-    reprocess: bool
-    properties: tuple[str, ...]
-    run_id: str
-    run_time: datetime
-    max_rows_per_file: int
-    block_records: int
-    beam_args: list[str] = field(default_factory=list)
+        _add_options(parser)
 
 
 class _StrictParser(_BeamArgumentParser):
@@ -100,6 +117,41 @@ class _StrictParser(_BeamArgumentParser):
 
     def error(self, message: str):
         raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class ActivityConfig:
+    """One activity table of the run."""
+
+    name: str
+    activity_type: str
+    inputs: tuple[str, ...]
+    event_names: tuple[str, ...] | None = None
+    properties: tuple[str, ...] = ()
+
+
+@dataclass
+class RunConfig:
+    """The checked configuration of one run."""
+
+    output: str
+    data_source: str
+    activities: list[ActivityConfig]
+    run_id: str
+    run_time: datetime
+    input_format: str | None = None
+    reprocess: bool = False
+    layout: str = "full"
+    since: datetime | None = None
+    until: datetime | None = None
+    max_rejected_ratio: float | None = None
+    grant_read: tuple[str, ...] = ()
+    lock_wait: float = DEFAULT_LOCK_WAIT
+    log_format: str = "text"
+    max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE
+    block_records: int = DEFAULT_BLOCK_RECORDS
+    job: str | None = None
+    beam_args: list[str] = field(default_factory=list)
 
 
 def _all_options_parser() -> argparse.ArgumentParser:
@@ -113,46 +165,114 @@ def _all_options_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str], now: datetime | None = None) -> tuple[RunConfig, PipelineOptions]:
-    """Parse and check the command line; raises :class:`UsageError` naming the bad value."""
+def _explicit(argv: list[str]) -> dict:
+    """Our options the command line gave explicitly (no defaults)."""
+    parser = _StrictParser(allow_abbrev=False, add_help=False)
+    _add_options(parser, default=argparse.SUPPRESS)
+    known, _ = parser.parse_known_args(argv)
+    return vars(known)
+
+
+def _time_option(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    moment = parse_timestamp(value)
+    if isinstance(moment, str):
+        raise UsageError(f"{flag} {moment}")
+    return moment
+
+
+def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptions]:
+    """Parse and check the command line and job file; raises :class:`UsageError` naming the
+    bad value."""
     _known, unknown = _all_options_parser().parse_known_args(argv)
     if unknown:
         raise UsageError(f"unknown argument(s): {' '.join(unknown)} "
                          "(a typo, or an unquoted glob the shell expanded? quote globs)")
-    options = PipelineOptions(argv)
-    ours = options.view_as(ExportOptions)
-    if not ours.input:
-        raise UsageError("--input is required")
-    if not ours.output:
-        raise UsageError("--output is required")
+    given = _explicit(argv)
+    job: Job | None = None
+    if given.get("job"):
+        try:
+            job = load_job(given["job"])
+        except JobFileError as exc:
+            raise UsageError(str(exc)) from exc
+    settings = dict(job.settings if job else {})
+    beam_args = list(settings.pop("pipeline_options", [])) + argv
+    settings.update({k: v for k, v in given.items() if k not in _ACTIVITY_FLAGS})
+    activities = _activities(job, given)
+    output = settings.get("output")
+    if not output:
+        raise UsageError("--output is required (or 'output' in the job file)")
     try:
-        check_name(ours.data_source, "--data-source")
-        check_name(ours.activity_name, "--activity-name")
-        properties = tuple(ours.properties or ())
-        activity_columns(properties)
+        data_source = check_name(settings.get("data_source") or DEFAULT_DATA_SOURCE, "--data-source")
+        for a in activities:
+            check_name(a.name, "--activity-name")
+            activity_columns(a.properties)
     except ContractError as exc:
         raise UsageError(str(exc)) from exc
-    if ours.max_rows_per_file < 1:
-        raise UsageError(f"--max-rows-per-file {ours.max_rows_per_file} must be at least 1")
-    if ours.block_records < 1:
-        raise UsageError(f"--block-records {ours.block_records} must be at least 1")
-    if ours.run_time:
-        run_time = parse_timestamp(ours.run_time)
-        if isinstance(run_time, str):
-            raise UsageError(f"--run-time {run_time}")
-    else:
-        run_time = now or datetime.now(UTC)
-    run_id = ours.run_id or f"{run_time:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:8]}"
+    layout = settings.get("layout") or "full"
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r} must be one of {', '.join(LAYOUTS)}")
+    input_format = settings.get("input_format")
+    if input_format is not None and input_format not in FORMATS:
+        raise UsageError(f"input_format {input_format!r} must be one of {', '.join(FORMATS)}")
+    ratio = settings.get("max_rejected_ratio")
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise UsageError(f"--max-rejected-ratio {ratio} must be between 0 and 1")
+    max_rows = int(settings.get("max_rows_per_file") or DEFAULT_MAX_ROWS_PER_FILE)
+    block_records = int(settings.get("block_records") or DEFAULT_BLOCK_RECORDS)
+    if max_rows < 1:
+        raise UsageError(f"--max-rows-per-file {max_rows} must be at least 1")
+    if block_records < 1:
+        raise UsageError(f"--block-records {block_records} must be at least 1")
+    since = _time_option(settings.get("since"), "--since")
+    until = _time_option(settings.get("until"), "--until")
+    if since and until and since >= until:
+        raise UsageError(f"--since {settings['since']} is not before --until {settings['until']}")
+    run_time = _time_option(settings.get("run_time"), "--run-time") or now
+    run_id = settings.get("run_id") or f"{run_time:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:8]}"
     if not all(ch.isalnum() or ch in "_-" for ch in run_id):
         raise UsageError(f"--run-id {run_id!r} may hold only letters, digits, '_' and '-'")
+    lock_wait = settings.get("lock_wait")
     config = RunConfig(
-        inputs=list(ours.input), output=ours.output, data_source=ours.data_source,
-        activity_name=ours.activity_name, activity_type=ours.activity_type,
-        input_format=ours.input_format, reprocess=ours.reprocess, properties=properties,
-        run_id=run_id, run_time=run_time, max_rows_per_file=ours.max_rows_per_file,
-        block_records=ours.block_records,
+        output=output, data_source=data_source, activities=activities, run_id=run_id,
+        run_time=run_time, input_format=input_format, reprocess=bool(settings.get("reprocess")),
+        layout=layout, since=since, until=until, max_rejected_ratio=ratio,
+        grant_read=tuple(settings.get("grant_read") or ()),
+        lock_wait=DEFAULT_LOCK_WAIT if lock_wait is None else float(lock_wait),
+        log_format=settings.get("log_format") or "text", max_rows_per_file=max_rows,
+        block_records=block_records, job=job.path if job else None, beam_args=beam_args,
     )
-    return config, options
+    return config, PipelineOptions(beam_args)
+
+
+def _activities(job: Job | None, given: dict) -> list[ActivityConfig]:
+    """The run's activities: the job file's, with activity flags overriding a single one."""
+    flags = {k: given[k] for k in _ACTIVITY_FLAGS if k in given}
+    if job and job.activities:
+        if flags and len(job.activities) > 1:
+            raise UsageError(
+                f"{', '.join('--' + k.replace('_', '-') for k in flags)} can't override a job file "
+                f"with {len(job.activities)} activities; edit the job file instead")
+        out = []
+        for a in job.activities:
+            out.append(ActivityConfig(
+                name=flags.get("activity_name", a.name),
+                activity_type=flags.get("activity_type", a.type or DEFAULT_ACTIVITY_TYPE),
+                inputs=tuple(flags.get("input", a.inputs)),
+                event_names=tuple(flags["event_names"]) if "event_names" in flags else a.event_names,
+                properties=tuple(flags.get("properties", a.properties)),
+            ))
+        return out
+    if not flags.get("input"):
+        raise UsageError("--input is required (or [[activity]] tables in a --job file)")
+    return [ActivityConfig(
+        name=flags.get("activity_name", DEFAULT_ACTIVITY_NAME),
+        activity_type=flags.get("activity_type", DEFAULT_ACTIVITY_TYPE),
+        inputs=tuple(flags["input"]),
+        event_names=tuple(flags["event_names"]) if "event_names" in flags else None,
+        properties=tuple(flags.get("properties", ())),
+    )]
 
 
 def check_output(output: str) -> None:
@@ -189,10 +309,11 @@ def plan_inputs(files: list[InputFile], state: LakeState, reprocess: bool) -> tu
     return todo, entries
 
 
-def existing_partitions(lake: Lake, state: LakeState, table: str) -> dict[tuple[str, str], list[str]]:
+def existing_partitions(lake: Lake, state: LakeState, tables: list[str]) -> dict[tuple[str, str], list[str]]:
     """Committed files per (table, date), as storage keys, for dedupe against earlier runs."""
     return {
         (table, day): [lake.key(loc) for loc in locations]
+        for table in tables
         for day, locations in state.partitions_by_date(table).items()
     }
 
@@ -208,69 +329,104 @@ def run(argv: list[str] | None = None, clock: Clock = utc_now) -> dict:
     """Run one export; returns the committed run report. Raises UsageError / RunFailed.
 
     ``clock`` is the run's injectable clock: it gives ``started_at`` (and LastUpdated, unless
-    ``--run-time`` fixes it) and ``finished_at``.
+    ``--run-time`` fixes it), ``finished_at`` and the commit hour of incremental files.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config, options = parse_args(argv, clock())
+    files_by_activity = _resolve_all(config)
+    check_output(config.output)
     try:
-        files = resolve_inputs(config.inputs, config.input_format)
+        lake = Lake(open_storage(config.output), config.data_source)
+        if config.grant_read:
+            _check_grant_read(lake)
+        with lake.locked(config.lock_wait):
+            return _locked_run(config, options, lake, files_by_activity, clock)
+    except LakeBusy as exc:
+        raise DataSourceBusy(str(exc)) from exc
+    except (StorageError, OSError) as exc:
+        raise RunFailed(str(exc)) from exc
+
+
+def _resolve_all(config: RunConfig) -> dict[str, list[InputFile]]:
+    try:
+        return {a.name: resolve_inputs(list(a.inputs), config.input_format) for a in config.activities}
     except InputError as exc:
         raise UsageError(str(exc)) from exc
     except StorageError as exc:
         raise RunFailed(str(exc)) from exc
-    check_output(config.output)
-    started = config.run_time
-    try:
-        lake = Lake(open_storage(config.output), config.data_source)
-        lake.recover()
-        state = lake.read_state()
-    except StorageError as exc:
-        raise RunFailed(str(exc)) from exc
-    columns = activity_columns(config.properties)
-    declared = state.columns.get(config.activity_name)
-    if declared is not None and declared != [c.name for c in columns]:
-        raise UsageError(
-            f"table {config.activity_name!r} already has columns {declared}; this run would write "
-            f"{[c.name for c in columns]} (Customer Insights rejects a changed column set)")
-    todo, entries = plan_inputs(files, state, config.reprocess)
-    spec = ActivitySpec(config.activity_name, config.activity_type, config.properties,
-                        config.run_id, config.run_time)
+
+
+def _check_grant_read(lake: Lake) -> None:
+    """--grant-read needs ADLS Gen2 with a hierarchical namespace: say so before writing."""
+    check = getattr(lake.storage, "is_hns_enabled", None)
+    if check is None:
+        raise UsageError("--grant-read sets ADLS Gen2 ACLs; the output is a local folder")
+    if not check():
+        raise UsageError(f"--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
+                         f"{lake.storage.describe()} has none")
+
+
+def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
+                files_by_activity: dict[str, list[InputFile]], clock: Clock) -> dict:
+    lake.recover()
+    state = lake.read_state()
+    columns = {a.name: activity_columns(a.properties) for a in config.activities}
+    for name, cols in columns.items():
+        declared = state.columns.get(name)
+        if declared is not None and declared != [c.name for c in cols]:
+            raise UsageError(
+                f"table {name!r} already has columns {declared}; this run would write "
+                f"{[c.name for c in cols]} (Customer Insights rejects a changed column set)")
+    all_files = sorted({(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
+                       key=lambda f: (f.root, f.key))
+    all_files = [InputFile(f.root, f.key, f.fmt, f.size, f.modified, rank) for rank, f in enumerate(all_files)]
+    todo, entries = plan_inputs(all_files, state, config.reprocess)
+    specs = {a.name: ActivitySpec(a.name, a.activity_type, a.properties, config.run_id, config.run_time,
+                                  a.event_names, config.since, config.until) for a in config.activities}
+    readers = {(f.root, f.key): tuple(name for name, fs in files_by_activity.items()
+                                      if any((g.root, g.key) == (f.root, f.key) for g in fs))
+               for f in todo}
     report = {
-        "run_id": config.run_id, "status": "running", "started_at": _iso(started),
-        "data_source": config.data_source, "output": lake.describe(),
-        "table": config.activity_name, "inputs": entries,
+        "run_id": config.run_id, "status": "running", "started_at": _iso(clock()),
+        "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
+        "tables": sorted(specs), "inputs": entries,
     }
     logger.info("run %s: %d input file(s), %d to process, %d skipped", config.run_id,
-                len(files), len(todo), len(files) - len(todo))
+                len(all_files), len(todo), len(all_files) - len(todo))
     try:
-        outcome = _run_pipeline(config, options, lake, state, spec, todo)
-        _check_balance(outcome)
-        report.update(_counts(outcome), finished_at=_iso(clock()))
-        report = lake.commit(config.run_id, report, outcome["files"], outcome["dead_letter_files"],
-                             {config.activity_name: columns})
+        outcome = _run_pipeline(config, options, lake, state, specs,
+                                [(f, readers[(f.root, f.key)]) for f in todo])
+        counts = _counts(outcome, specs)
+        report.update(counts)
+        _check_balance(counts)
+        _check_rejected_ratio(counts, config.max_rejected_ratio)
+        finished = clock()
+        report["finished_at"] = _iso(finished)
+        located = lake.locate(outcome["files"], config.layout, finished)
+        report = lake.commit(config.run_id, report, located, outcome["dead_letter_files"], columns)
     except (StorageError, RunFailed, OSError) as exc:
         _fail(lake, report, config, exc, clock)
-        raise RunFailed(str(exc)) from exc
+        raise
     except Exception as exc:  # a worker error surfaces here wrapped by the runner
         _fail(lake, report, config, exc, clock)
         raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
+    if config.grant_read:
+        lake.storage.grant_read(lake.key(), list(config.grant_read))
     return report
 
 
 def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state: LakeState,
-                  spec: ActivitySpec, todo: list[InputFile]) -> dict:
-    from insights_link.transforms import empty_outcome
-
-    if not todo:
+                  specs: dict[str, ActivitySpec], work: list[tuple[InputFile, tuple[str, ...]]]) -> dict:
+    if not work:
         return empty_outcome()
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # DirectRunner tries GitHub first
-    existing = existing_partitions(lake, state, config.activity_name)
+    existing = existing_partitions(lake, state, list(specs))
     p = beam.Pipeline(options=options)
     _ = (
         p
-        | "Inputs" >> beam.Create(todo)
-        | "Export" >> ExportActivities(spec, config.output, config.data_source, existing,
+        | "Inputs" >> beam.Create(work)
+        | "Export" >> ExportActivities(specs, config.run_id, config.output, config.data_source, existing,
                                        config.block_records, config.max_rows_per_file)
     )
     result = p.run()
@@ -278,25 +434,49 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
     if state_name not in (None, "DONE"):
         raise RunFailed(f"the pipeline ended in state {state_name}")
     logger.debug("metrics: %s", dict(counter_totals(result)))
-    key = lake.staging(config.run_id, "outcome.json")
-    return json.loads(lake.storage.read_bytes(key))
+    return json.loads(lake.storage.read_bytes(lake.staging(config.run_id, "outcome.json")))
 
 
-def _check_balance(outcome: dict) -> None:
-    rejected = sum(outcome["rejected"].values())
-    accounted = outcome["activities_written"] + outcome["duplicates_dropped"] + rejected
-    if accounted != outcome["records_read"]:
-        raise RunFailed(
-            f"records do not balance: read {outcome['records_read']}, accounted for {accounted}")
+def _counts(outcome: dict, specs: dict[str, ActivitySpec]) -> dict:
+    """Report counts: per activity table, and their sums at the top level."""
+    per_table = {}
+    total = empty_counts()
+    for name, spec in sorted(specs.items()):
+        counts = empty_counts()
+        got = outcome["tables"].get(name, {})
+        for key in COUNTS:
+            counts[key] = got.get(key, 0)
+        counts["rejected"] = {reason: got.get("rejected", {}).get(reason, 0) for reason in REASONS}
+        per_table[name] = {"activity_type": spec.activity_type} | counts
+        for key in COUNTS:
+            total[key] += counts[key]
+        for reason in REASONS:
+            total["rejected"][reason] += counts["rejected"][reason]
+    return total | {"activities": per_table}
 
 
-def _counts(outcome: dict) -> dict:
-    return {
-        "records_read": outcome["records_read"],
-        "activities_written": outcome["activities_written"],
-        "duplicates_dropped": outcome["duplicates_dropped"],
-        "rejected": {reason: outcome["rejected"].get(reason, 0) for reason in REASONS},
-    }
+def _check_balance(counts: dict) -> None:
+    for name, c in counts["activities"].items():
+        accounted = c["activities_written"] + c["duplicates_dropped"] + sum(c["rejected"].values()) + c["filtered_out"]
+        if accounted != c["records_read"]:
+            raise RunFailed(f"records of {name} do not balance: read {c['records_read']}, "
+                            f"accounted for {accounted}")
+
+
+def _check_rejected_ratio(counts: dict, limit: float | None) -> None:
+    """Fail when more than ``limit`` of the records that reached validation were rejected.
+
+    Records an activity's event_names filter left out never reached validation; the time window
+    applies after validation, so those records did.
+    """
+    if limit is None:
+        return
+    rejected = sum(counts["rejected"].values())
+    reached = counts["records_read"] - counts.get("filtered_by_name", 0)
+    if reached and rejected / reached > limit:
+        raise TooManyRejected(
+            f"{rejected} of {reached} records were rejected ({rejected / reached:.1%}), more than "
+            f"--max-rejected-ratio {limit:g}; nothing was committed")
 
 
 def _fail(lake: Lake, report: dict, config: RunConfig, exc: BaseException, clock: Clock) -> None:

@@ -14,6 +14,7 @@ Guarantees every backend gives:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -25,6 +26,10 @@ from typing import BinaryIO, Protocol
 
 class StorageError(Exception):
     """A storage operation failed; the message is safe to show (no secrets)."""
+
+
+class LockBusy(StorageError):
+    """Another run holds the lock."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object below a folder key."""
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Hold an exclusive lock named by ``key`` for the block, or raise :class:`LockBusy` at
+        once. A holder that dies loses the lock by itself (a released file lock, an expiring
+        lease)."""
 
 
 def join(*parts: str) -> str:
@@ -163,6 +173,24 @@ class LocalStorage:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """``flock`` on a lock file: the kernel releases it when the holder exits or is killed."""
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise LockBusy(f"{path} is locked by another run") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def open_storage(url: str) -> Storage:

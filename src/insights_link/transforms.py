@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
-from insights_link.lake import encode_dead_letters, failpoint, partition_file
+from insights_link.lake import encode_dead_letters, failpoint, partition_file_name
 from insights_link.parquet_io import read_ids, write_parquet
 from insights_link.storage import join, open_storage
 
@@ -33,30 +33,36 @@ DEAD_LETTERS = "dead_letters"
 TALLIES = "tallies"
 
 
+COUNTS = ("records_read", "activities_written", "duplicates_dropped", "filtered_out", "filtered_by_name")
+
+
+def empty_counts() -> dict:
+    """One activity table's counts."""
+    return {name: 0 for name in COUNTS} | {"rejected": {reason: 0 for reason in REASONS}}
+
+
 def empty_outcome() -> dict:
-    """The run's merged bookkeeping: counts and the staged files."""
-    return {
-        "records_read": 0,
-        "activities_in": 0,
-        "activities_written": 0,
-        "duplicates_dropped": 0,
-        "rejected": {reason: 0 for reason in REASONS},
-        "files": [],
-        "dead_letter_files": [],
-    }
+    """The run's merged bookkeeping: counts per table and the staged files."""
+    return {"tables": {}, "files": [], "dead_letter_files": []}
 
 
 class MergeOutcomes(beam.CombineFn):
-    """Adds counts and concatenates file lists; the result is sorted (order-independent)."""
+    """Adds counts and concatenates file lists; the result is sorted (order-independent).
+
+    Each input is a partial outcome: ``{"tables": {name: {count: n, "rejected": {...}}},
+    "files": [...], "dead_letter_files": [...]}`` with any part missing.
+    """
 
     def create_accumulator(self):
         return empty_outcome()
 
     def add_input(self, acc, item):
-        for name in ("records_read", "activities_in", "activities_written", "duplicates_dropped"):
-            acc[name] += item.get(name, 0)
-        for reason, count in item.get("rejected", {}).items():
-            acc["rejected"][reason] = acc["rejected"].get(reason, 0) + count
+        for table, counts in item.get("tables", {}).items():
+            total = acc["tables"].setdefault(table, empty_counts())
+            for name in COUNTS:
+                total[name] += counts.get(name, 0)
+            for reason, count in counts.get("rejected", {}).items():
+                total["rejected"][reason] = total["rejected"].get(reason, 0) + count
         acc["files"].extend(item.get("files", []))
         acc["dead_letter_files"].extend(item.get("dead_letter_files", []))
         return acc
@@ -68,7 +74,7 @@ class MergeOutcomes(beam.CombineFn):
         return merged
 
     def extract_output(self, acc):
-        acc["files"].sort(key=lambda f: f["location"])
+        acc["files"].sort(key=lambda f: f["staged"])
         acc["dead_letter_files"].sort()
         return acc
 
@@ -81,9 +87,11 @@ class ReadBlocksFn(beam.DoFn):
         self.block_records = block_records
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
 
-    def process(self, f: InputFile):
+    def process(self, element: tuple[InputFile, tuple[str, ...]]):
+        f, activities = element
         count = 0
         for block in read_blocks(f, self.block_records):
+            block.activities = activities
             count += len(block.payloads)
             yield block
         self.files_read.inc()
@@ -91,30 +99,50 @@ class ReadBlocksFn(beam.DoFn):
 
 
 class ValidateBlockFn(beam.DoFn):
-    def __init__(self, spec: ActivitySpec) -> None:
-        self.spec = spec
+    """Check one block for every activity that reads its file.
+
+    A record that can't be decoded is dead-lettered once, whatever the number of activities
+    (each activity still counts it as rejected, so every activity's counts balance).
+    """
+
+    def __init__(self, specs: dict[str, ActivitySpec]) -> None:
+        self.specs = specs
         self.read = Metrics.counter(NAMESPACE, "records_read")
         self.valid = Metrics.counter(NAMESPACE, "records_valid")
+        self.filtered = Metrics.counter(NAMESPACE, "filtered_out")
         self.rejected = {r: Metrics.counter(NAMESPACE, f"rejected_{r}") for r in REASONS}
 
     def process(self, block: RawBlock):
-        result = process_block(block, self.spec)
-        rejected = result.rejected()
-        self.read.inc(result.records_read)
-        self.valid.inc(result.table.num_rows)
-        for reason, count in rejected.items():
-            self.rejected[reason].inc(count)
-        yield pvalue.TaggedOutput(TALLIES, {
-            "records_read": result.records_read,
-            "activities_in": result.table.num_rows,
-            "rejected": dict(rejected),
-        })
-        if result.dead_letters:
+        tables: dict[str, dict] = {}
+        dead: list[dict] = []
+        seen_malformed: set[int] = set()
+        several = len(block.activities) > 1
+        for name in block.activities:
+            spec = self.specs[name]
+            result = process_block(block, spec)
+            rejected = result.rejected()
+            self.read.inc(result.records_read)
+            self.valid.inc(result.table.num_rows)
+            self.filtered.inc(result.filtered_out)
+            for reason, count in rejected.items():
+                self.rejected[reason].inc(count)
+            tables[name] = {"records_read": result.records_read, "filtered_out": result.filtered_out,
+                            "filtered_by_name": result.filtered_out - result.outside_window,
+                            "rejected": dict(rejected)}
+            for letter in result.dead_letters:
+                if letter["reason"] == "malformed":
+                    if letter["position"] in seen_malformed:
+                        continue
+                    seen_malformed.add(letter["position"])
+                elif several:
+                    letter = dict(letter, activity=name)
+                dead.append(letter)
+            for day, rows in split_by_date(result.table).items():
+                yield (name, day), rows
+        yield pvalue.TaggedOutput(TALLIES, {"tables": tables})
+        if dead:
             # Encoded here: a payload may hold invalid UTF-8 that no Beam coder carries as text.
-            encoded = encode_dead_letters(result.dead_letters)
-            yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(result.dead_letters), encoded))
-        for day, rows in split_by_date(result.table).items():
-            yield (self.spec.name, day), rows
+            yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(dead), encode_dead_letters(dead)))
 
 
 class DedupeFn(beam.DoFn):
@@ -134,36 +162,39 @@ class DedupeFn(beam.DoFn):
         existing = read_ids(self.storage, keys) if keys else None
         rows, dropped = dedupe(list(tables), existing)
         self.duplicates.inc(dropped)
-        yield pvalue.TaggedOutput(TALLIES, {"duplicates_dropped": dropped})
+        yield pvalue.TaggedOutput(TALLIES, {"tables": {key[0]: {"duplicates_dropped": dropped}}})
         yield key, rows
 
 
 class WriteParquetFn(beam.DoFn):
-    def __init__(self, lake_url: str, data_source: str, spec: ActivitySpec, max_rows: int) -> None:
+    """Stage a (table, date) group as Parquet; the commit decides the final location."""
+
+    def __init__(self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int) -> None:
         self.lake_url = lake_url
         self.data_source = data_source
-        self.spec = spec
+        self.specs = specs
         self.max_rows = max_rows
         self.written = Metrics.counter(NAMESPACE, "activities_written")
         self.files = Metrics.counter(NAMESPACE, "files_written")
 
     def setup(self):
         self.storage = open_storage(self.lake_url)
-        self.schema = self.spec.schema()
+        self.schemas = {name: spec.schema() for name, spec in self.specs.items()}
 
     def process(self, element):
         (table_name, day), rows = element
+        spec = self.specs[table_name]
         files, written = [], 0
         for index, piece in enumerate(file_slices(rows, self.max_rows)):
-            location = partition_file(table_name, day, self.spec.run_id, index)
-            staged = join(self.data_source, "_staging", self.spec.run_id, "data", location)
-            written += write_parquet(self.storage, staged, piece, self.schema)
+            name = partition_file_name(table_name, day, spec.run_id, index)
+            staged = join(self.data_source, "_staging", spec.run_id, "data", table_name, name)
+            written += write_parquet(self.storage, staged, piece, self.schemas[table_name])
             failpoint("after_staged_file")
-            files.append({"staged": staged, "location": location, "table": table_name,
-                          "date": day, "rows": piece.num_rows})
+            files.append({"staged": staged, "name": name, "table": table_name, "date": day,
+                          "rows": piece.num_rows})
         self.written.inc(written)
         self.files.inc(len(files))
-        yield {"activities_written": written, "files": files}
+        yield {"tables": {table_name: {"activities_written": written}}, "files": files}
 
 
 class WriteDeadLettersFn(beam.DoFn):
@@ -200,7 +231,7 @@ class WriteOutcomeFn(beam.DoFn):
 
 
 class ReadRawBlocks(beam.PTransform):
-    """InputFile -> RawBlock, files spread over workers first."""
+    """(InputFile, activity names) -> RawBlock, files spread over workers first."""
 
     def __init__(self, block_records: int) -> None:
         super().__init__()
@@ -217,12 +248,12 @@ class ReadRawBlocks(beam.PTransform):
 class ValidateAndMap(beam.PTransform):
     """RawBlock -> ((table, date), Arrow rows) plus tagged dead letters and tallies."""
 
-    def __init__(self, spec: ActivitySpec) -> None:
+    def __init__(self, specs: dict[str, ActivitySpec]) -> None:
         super().__init__()
-        self.spec = spec
+        self.specs = specs
 
     def expand(self, blocks):
-        return blocks | "CheckAndMap" >> beam.ParDo(ValidateBlockFn(self.spec)).with_outputs(
+        return blocks | "CheckAndMap" >> beam.ParDo(ValidateBlockFn(self.specs)).with_outputs(
             DEAD_LETTERS, TALLIES, main="activities"
         )
 
@@ -248,9 +279,9 @@ class DedupeActivities(beam.PTransform):
 class WriteActivityFiles(beam.PTransform):
     """Stage one Parquet file per (table, date) (more when a date exceeds the row cap)."""
 
-    def __init__(self, lake_url: str, data_source: str, spec: ActivitySpec, max_rows: int) -> None:
+    def __init__(self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int) -> None:
         super().__init__()
-        self.args = (lake_url, data_source, spec, max_rows)
+        self.args = (lake_url, data_source, specs, max_rows)
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.ParDo(WriteParquetFn(*self.args))
@@ -285,12 +316,13 @@ class SummarizeRun(beam.PTransform):
 
 
 class ExportActivities(beam.PTransform):
-    """The whole export for one activity table: input files -> staged outcome."""
+    """The whole export: (input file, its activities) -> the staged run and its outcome."""
 
-    def __init__(self, spec: ActivitySpec, lake_url: str, data_source: str,
+    def __init__(self, specs: dict[str, ActivitySpec], run_id: str, lake_url: str, data_source: str,
                  existing: dict[tuple[str, str], list[str]], block_records: int, max_rows: int) -> None:
         super().__init__()
-        self.spec = spec
+        self.specs = specs
+        self.run_id = run_id
         self.lake_url = lake_url
         self.data_source = data_source
         self.existing = existing
@@ -298,13 +330,13 @@ class ExportActivities(beam.PTransform):
         self.max_rows = max_rows
 
     def expand(self, files):
-        checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.spec)
+        checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs)
         deduped = checked.activities | "Dedupe" >> DedupeActivities(self.lake_url, self.existing)
         written = deduped.rows | "Write" >> WriteActivityFiles(
-            self.lake_url, self.data_source, self.spec, self.max_rows)
+            self.lake_url, self.data_source, self.specs, self.max_rows)
         dead = checked[DEAD_LETTERS] | "DeadLetters" >> WriteDeadLetters(
-            self.lake_url, self.data_source, self.spec.run_id)
-        outcome_key = join(self.data_source, "_staging", self.spec.run_id, "outcome.json")
+            self.lake_url, self.data_source, self.run_id)
+        outcome_key = join(self.data_source, "_staging", self.run_id, "outcome.json")
         return (checked[TALLIES], deduped[TALLIES], written, dead) | "Summarize" >> SummarizeRun(
             self.lake_url, outcome_key)
 
