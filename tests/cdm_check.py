@@ -32,17 +32,20 @@ async def _load(folder: str, manifest_name: str) -> dict:
         entity = await corpus.fetch_object_async(decl.entity_path, manifest)
         assert entity is not None, f"entity {decl.entity_name} did not load: {logs}"
         resolved = await entity.create_resolved_entity_async(f"{decl.entity_name}_resolved")
-        partitions = []
-        for partition in decl.data_partitions:
-            traits = [t.named_reference for t in partition.exhibits_traits]
-            assert "is.partition.format.parquet" in traits, traits
-            path = os.path.join(folder, *partition.location.split("/"))
-            assert os.path.isfile(path), f"partition {partition.location} does not exist"
-            partitions.append(partition.location)
+        partitions, incremental = [], []
+        for found, declared in ((partitions, decl.data_partitions), (incremental, decl.incremental_partitions)):
+            for partition in declared:
+                traits = [t.named_reference for t in partition.exhibits_traits]
+                assert "is.partition.format.parquet" in traits, traits
+                assert partition.is_incremental == (found is incremental), partition.location
+                path = os.path.join(folder, *partition.location.split("/"))
+                assert os.path.isfile(path), f"partition {partition.location} does not exist"
+                found.append(partition.location)
         out[decl.entity_name] = {
             "primary_key": resolved.primary_key,
             "attributes": [a.name for a in resolved.attributes],
             "partitions": partitions,
+            "incremental": incremental,
         }
     errors = [msg for level, msg in logs if level == CdmStatusLevel.ERROR]
     assert not errors, errors

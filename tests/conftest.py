@@ -52,8 +52,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
 
 
 def manifest_locations(data_source: Path) -> list[str]:
+    """Every Parquet file the manifest references (full and incremental partitions)."""
     doc = json.loads((data_source / "default.manifest.cdm.json").read_text())
-    return sorted(p["location"] for e in doc["entities"] for p in e["dataPartitions"])
+    return sorted(p["location"] for e in doc["entities"]
+                  for p in e["dataPartitions"] + e.get("incrementalPartitions", []))
 
 
 def read_activities(data_source: Path) -> pa.Table:

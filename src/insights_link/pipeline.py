@@ -152,6 +152,7 @@ class RunConfig:
     block_records: int = DEFAULT_BLOCK_RECORDS
     job: str | None = None
     beam_args: list[str] = field(default_factory=list)
+    clock_fixed: bool = False  # --run-time given: the whole run uses that instant
 
 
 def _all_options_parser() -> argparse.ArgumentParser:
@@ -242,6 +243,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         lock_wait=DEFAULT_LOCK_WAIT if lock_wait is None else float(lock_wait),
         log_format=settings.get("log_format") or "text", max_rows_per_file=max_rows,
         block_records=block_records, job=job.path if job else None, beam_args=beam_args,
+        clock_fixed=settings.get("run_time") is not None,
     )
     return config, PipelineOptions(beam_args)
 
@@ -328,11 +330,14 @@ def utc_now() -> datetime:
 def run(argv: list[str] | None = None, clock: Clock = utc_now) -> dict:
     """Run one export; returns the committed run report. Raises UsageError / RunFailed.
 
-    ``clock`` is the run's injectable clock: it gives ``started_at`` (and LastUpdated, unless
-    ``--run-time`` fixes it), ``finished_at`` and the commit hour of incremental files.
+    ``clock`` is the run's injectable clock: it gives ``started_at``, LastUpdated, ``finished_at``
+    and the commit hour of incremental files. ``--run-time`` fixes it for the whole run.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config, options = parse_args(argv, clock())
+    if config.clock_fixed:
+        def clock() -> datetime:
+            return config.run_time
     files_by_activity = _resolve_all(config)
     check_output(config.output)
     try:
