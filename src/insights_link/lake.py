@@ -11,6 +11,8 @@ Layout below ``LAKE_ROOT/<DataSource>/`` (work in progress only ever in ``_``-fo
     _staging/<run>/report.json             the run report, staged before the commit point
     _deadletter/<run>.jsonl.gz             rejected records of committed runs
     _runs/<run>.json                       run reports
+    _state/runs_index.json                 cache: which inputs committed runs processed
+    _lock                                  the data source's lock (local lakes)
 
 Commit protocol (single-object commit, no folder renames, works on blob stores):
 publish dead letters -> move staged Parquet into the data folders (still unreferenced) -> write
@@ -54,6 +56,9 @@ def failpoint(name: str) -> None:
     """
     if os.environ.get("INSIGHTS_LINK_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+INDEX_FILE = "runs_index.json"
 
 
 class LakeError(RuntimeError):
@@ -166,20 +171,33 @@ class Lake:
             doc_key = self.key(f"{name}.cdm.json")
             if self.storage.exists(doc_key):
                 columns[name] = entity_columns(self.storage.read_bytes(doc_key))
-        committed: dict[str, str] = {}
-        for report in self.run_reports():
+        return LakeState(tables, columns, self.committed_inputs())
+
+    def committed_inputs(self) -> dict[str, str]:
+        """Input fingerprint -> the run that committed it.
+
+        Read from ``_state/runs_index.json``, a cache of the run reports it names, plus the reports
+        written since; the cache is then rewritten. So the Nth run reads one listing, one index
+        and the few new reports, not every report ever written. Call under the lock.
+        """
+        index_key = self.key("_state", INDEX_FILE)
+        index = {"runs": [], "inputs": {}}
+        if self.storage.exists(index_key):
+            index = json.loads(self.storage.read_bytes(index_key))
+        known = set(index["runs"])
+        new = [obj.key for obj in self.storage.list(self.key("_runs"))
+               if obj.key.endswith(".json") and obj.key.rsplit("/", 1)[-1][:-5] not in known]
+        for key in new:
+            report = json.loads(self.storage.read_bytes(key))
+            index["runs"].append(report["run_id"])
             if report.get("status") == "committed":
                 for entry in report.get("inputs", []):
                     if entry.get("status") == "processed":
-                        committed[entry["fingerprint"]] = report["run_id"]
-        return LakeState(tables, columns, committed)
-
-    def run_reports(self) -> list[dict]:
-        reports = []
-        for obj in self.storage.list(self.key("_runs")):
-            if obj.key.endswith(".json"):
-                reports.append(json.loads(self.storage.read_bytes(obj.key)))
-        return reports
+                        index["inputs"][entry["fingerprint"]] = report["run_id"]
+        if new:
+            index["runs"].sort()
+            self.storage.write_bytes(index_key, json.dumps(index, sort_keys=True).encode("utf-8"))
+        return index["inputs"]
 
     # -- recovery ----------------------------------------------------------------------------
 
