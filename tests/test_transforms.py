@@ -56,7 +56,7 @@ def test_validate_and_map_tags_dead_letters_and_keys_rows_by_date():
     block = _block([event("a"), event("b", ts="2024-05-02T00:00:00Z"), "nope", event("c", uri="x")])
     p = TestPipeline(options=OPTIONS)
     out = p | beam.Create([block]) | ValidateAndMap({"WebLog": SPEC})
-    keyed = out.activities | beam.Map(lambda kv: (kv[0], kv[1]["ActivityId"].to_pylist()))
+    keyed = out.activities | beam.Map(lambda kv: (kv[0], kv[1][2]["ActivityId"].to_pylist()))
     assert_that(keyed, equal_to([(("WebLog", "2024-05-01"), ["a"]), (("WebLog", "2024-05-02"), ["b"])]),
                 label="rows")
     reasons = out[DEAD_LETTERS] | beam.FlatMap(
@@ -72,18 +72,21 @@ def test_validate_and_map_tags_dead_letters_and_keys_rows_by_date():
     assert _counter(result, "rejected_invalid_uri") == 1
 
 
-def test_dedupe_keeps_the_first_copy_in_input_order_whatever_the_bundles():
+def test_dedupe_keeps_the_first_copy_in_input_order_whatever_the_bundles(tmp_path):
     late = process_block_reference(_block([event("x", action="late"), event("y")], rank=1), SPEC).table
     early = process_block_reference(_block([event("z"), event("x", action="early")], rank=0), SPEC).table
     key = ("WebLog", "2024-05-01")
     p = TestPipeline(options=OPTIONS)
-    out = p | beam.Create([(key, late), (key, early)]) | DedupeActivities("/nonexistent", {})
+    out = (p | beam.Create([(key, (1, 0, late)), (key, (0, 0, early))])
+           | DedupeActivities(str(tmp_path), "DS", "run1", {}))
     rows = out.rows | beam.FlatMap(lambda kv: list(zip(kv[1]["ActivityId"].to_pylist(),
                                                        kv[1]["Details"].to_pylist(), strict=True)))
     assert_that(rows, equal_to([("x", "early"), ("y", "Email promo"), ("z", "Email promo")]))
     result = p.run()
     result.wait_until_finish()
     assert _counter(result, "duplicates_dropped") == 1
+    pieces = sorted(p.name for p in (tmp_path / "DS" / "_staging" / "run1" / "pieces").rglob("*.arrow"))
+    assert pieces == ["000000_000000.arrow", "000001_000000.arrow"]  # rows spilled, references shuffled
 
 
 def test_merge_outcomes_is_order_independent():

@@ -1,4 +1,5 @@
-"""Parquet files in the lake: written snappy with INT64 UTC timestamps (never INT96)."""
+"""Files of Arrow rows in the lake: the Parquet partitions (snappy, INT64 UTC timestamps, never
+INT96), and the run's intermediate pieces (Arrow IPC, in staging only)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,19 @@ def read_ids(storage: Storage, keys: list[str]) -> pa.Array:
         with storage.open_read(key) as f:
             arrays.extend(pq.read_table(f, columns=["ActivityId"])["ActivityId"].chunks)
     return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+
+def write_piece(storage: Storage, key: str, table: pa.Table) -> int:
+    """Spill rows to an Arrow IPC file in staging (fast to write and read back, never published)."""
+    with storage.open_write(key) as out, pa.ipc.new_file(out, table.schema) as writer:
+        writer.write_table(table)
+    return table.num_rows
+
+
+def read_pieces(storage: Storage, keys: list[str]) -> list[pa.Table]:
+    """Read spilled pieces back, in the order given."""
+    tables = []
+    for key in keys:
+        with storage.open_read(key) as f:
+            tables.append(pa.ipc.open_file(f).read_all())
+    return tables

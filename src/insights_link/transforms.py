@@ -23,7 +23,7 @@ from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
 from insights_link.lake import encode_dead_letters, failpoint, partition_file_name
-from insights_link.parquet_io import read_ids, write_parquet
+from insights_link.parquet_io import read_ids, read_pieces, write_parquet, write_piece
 from insights_link.storage import join, open_storage
 
 logger = logging.getLogger(__name__)
@@ -138,15 +138,39 @@ class ValidateBlockFn(beam.DoFn):
                     letter = dict(letter, activity=name)
                 dead.append(letter)
             for day, rows in split_by_date(result.table).items():
-                yield (name, day), rows
+                yield (name, day), (block.rank, block.index, rows)
         yield pvalue.TaggedOutput(TALLIES, {"tables": tables})
         if dead:
             # Encoded here: a payload may hold invalid UTF-8 that no Beam coder carries as text.
             yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(dead), encode_dead_letters(dead)))
 
 
+class SpillPieceFn(beam.DoFn):
+    """Write one block's rows of one (table, date) to staging; pass on a small reference.
+
+    Keeps whole rows out of the shuffle: runners hold a GroupByKey's input in memory (or ship it
+    between workers), so carrying references makes memory flat in the input's size.
+    """
+
+    def __init__(self, lake_url: str, data_source: str, run_id: str) -> None:
+        self.lake_url = lake_url
+        self.data_source = data_source
+        self.run_id = run_id
+
+    def setup(self):
+        self.storage = open_storage(self.lake_url)
+
+    def process(self, element):
+        (table_name, day), (rank, index, rows) = element
+        key = join(self.data_source, "_staging", self.run_id, "pieces", table_name, day,
+                   f"{rank:06d}_{index:06d}.arrow")
+        write_piece(self.storage, key, rows)
+        yield (table_name, day), key
+
+
 class DedupeFn(beam.DoFn):
-    """Dedupe one (table, date) group within the run and against that date's committed files."""
+    """Read one (table, date) group's pieces; dedupe within the run and against that date's
+    committed files."""
 
     def __init__(self, lake_url: str, existing: dict[tuple[str, str], list[str]]) -> None:
         self.lake_url = lake_url
@@ -157,10 +181,11 @@ class DedupeFn(beam.DoFn):
         self.storage = open_storage(self.lake_url)
 
     def process(self, element):
-        key, tables = element
-        keys = self.existing.get(key, [])
-        existing = read_ids(self.storage, keys) if keys else None
-        rows, dropped = dedupe(list(tables), existing)
+        key, piece_keys = element
+        tables = read_pieces(self.storage, sorted(piece_keys))
+        committed = self.existing.get(key, [])
+        existing = read_ids(self.storage, committed) if committed else None
+        rows, dropped = dedupe(tables, existing)
         self.duplicates.inc(dropped)
         yield pvalue.TaggedOutput(TALLIES, {"tables": {key[0]: {"duplicates_dropped": dropped}}})
         yield key, rows
@@ -259,16 +284,23 @@ class ValidateAndMap(beam.PTransform):
 
 
 class DedupeActivities(beam.PTransform):
-    """Group rows by (table, date) and keep one row per ActivityId, never one already committed."""
+    """Group rows by (table, date) and keep one row per ActivityId, never one already committed.
 
-    def __init__(self, lake_url: str, existing: dict[tuple[str, str], list[str]]) -> None:
+    Rows are spilled to staging per block first; only references go through the GroupByKey.
+    """
+
+    def __init__(self, lake_url: str, data_source: str, run_id: str,
+                 existing: dict[tuple[str, str], list[str]]) -> None:
         super().__init__()
         self.lake_url = lake_url
+        self.data_source = data_source
+        self.run_id = run_id
         self.existing = existing
 
     def expand(self, keyed_rows):
         return (
             keyed_rows
+            | "SpillPieces" >> beam.ParDo(SpillPieceFn(self.lake_url, self.data_source, self.run_id))
             | "GroupByTableAndDate" >> beam.GroupByKey()
             | "DropDuplicates" >> beam.ParDo(DedupeFn(self.lake_url, self.existing)).with_outputs(
                 TALLIES, main="rows"
@@ -331,7 +363,8 @@ class ExportActivities(beam.PTransform):
 
     def expand(self, files):
         checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs)
-        deduped = checked.activities | "Dedupe" >> DedupeActivities(self.lake_url, self.existing)
+        deduped = checked.activities | "Dedupe" >> DedupeActivities(
+            self.lake_url, self.data_source, self.run_id, self.existing)
         written = deduped.rows | "Write" >> WriteActivityFiles(
             self.lake_url, self.data_source, self.specs, self.max_rows)
         dead = checked[DEAD_LETTERS] | "DeadLetters" >> WriteDeadLetters(
