@@ -408,6 +408,8 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         finished = clock()
         report["finished_at"] = _iso(finished)
         located = lake.locate(outcome["files"], config.layout, finished)
+        logger.info("committing %d file(s) and %d dead letter(s) to %s", len(located),
+                    sum(counts["rejected"].values()), lake.describe())
         report = lake.commit(config.run_id, report, located, outcome["dead_letter_files"], columns)
     except (StorageError, RunFailed, OSError) as exc:
         _fail(lake, report, config, exc, clock)

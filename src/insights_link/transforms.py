@@ -93,6 +93,7 @@ class ReadBlocksFn(beam.DoFn):
         for block in read_blocks(f, self.block_records):
             block.activities = activities
             count += len(block.payloads)
+            logger.info("reading %s: %d records so far", f.source, count)
             yield block
         self.files_read.inc()
         logger.info("read %s: %d records", f.source, count)
