@@ -256,11 +256,16 @@ def test_extra_properties_become_string_columns(tmp_path, lake):
     assert refused.returncode == 2 and "SignalSessionId" in refused.stderr
 
 
-def test_multi_processing_runner_writes_the_same_data(exports, tmp_path):
+@pytest.mark.parametrize("runner_args", [
+    ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+    ("--runner=DirectRunner",),
+    ("--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"),
+], ids=["multi_processing", "DirectRunner", "multi_threading"])
+def test_other_runner_modes_write_the_same_data(exports, tmp_path, runner_args):
     one = tmp_path / "one"
     two = tmp_path / "two"
     assert _export(exports, one).returncode == 0
-    proc = _export(exports, two, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    proc = _export(exports, two, *runner_args)
     assert proc.returncode == 0, proc.stderr
     a, b = one / "EngagementInsights", two / "EngagementInsights"
     assert parquet_files(a) == parquet_files(b)
