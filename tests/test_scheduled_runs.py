@@ -226,3 +226,12 @@ def test_json_logs_and_summary(tmp_path, lake):
     failed = run_cli("export", "--input", str(tmp_path / "none.jsonl"), "--output", str(lake), "--log-format", "json")
     assert failed.returncode == 2
     assert json.loads(failed.stdout.strip().splitlines()[-1])["status"] == "usage_error"
+
+
+def test_unknown_pipeline_option_in_job_file_is_a_usage_error(tmp_path, lake):
+    src = write_jsonl(tmp_path / "e.jsonl", [event("a")])
+    job = tmp_path / "job.toml"
+    job.write_text(f'output = "{lake}"\npipeline_options = ["--runnr=PortableRunner"]\n'
+                   f'[[activity]]\nname = "A"\ninputs = ["{src}"]\n')
+    proc = run_cli("export", "--job", str(job))
+    assert proc.returncode == 2 and "--runnr=PortableRunner" in proc.stderr

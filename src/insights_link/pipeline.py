@@ -198,12 +198,18 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         except JobFileError as exc:
             raise UsageError(str(exc)) from exc
     settings = dict(job.settings if job else {})
-    beam_args = list(settings.pop("pipeline_options", [])) + argv
+    job_options = list(settings.pop("pipeline_options", []))
+    _known, unknown = _all_options_parser().parse_known_args(job_options)
+    if unknown:
+        raise UsageError(f"pipeline_options in {job.path}: unknown argument(s): {' '.join(unknown)}")
+    beam_args = job_options + argv
     settings.update({k: v for k, v in given.items() if k not in _ACTIVITY_FLAGS})
     activities = _activities(job, given)
     output = settings.get("output")
     if not output:
         raise UsageError("--output is required (or 'output' in the job file)")
+    if not is_remote(output):
+        output = os.path.abspath(os.path.expanduser(output))  # workers may run in another folder
     try:
         data_source = check_name(settings.get("data_source") or DEFAULT_DATA_SOURCE, "--data-source")
         for a in activities:
