@@ -36,13 +36,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-REASONS: tuple[str, ...] = (
-    "malformed",
-    "missing_field",
-    "invalid_type",
-    "invalid_timestamp",
-    "invalid_uri",
-)
+from insights_link.contract import REASONS
+
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "avro-nested", "avro-capture")
 
 # Which rejection reasons each format can express. CSV cells are always strings, so CSV has no

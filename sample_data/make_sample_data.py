@@ -37,17 +37,12 @@ from urllib.parse import urlsplit
 
 import fastavro
 
+from insights_link.contract import REASONS
+
 HERE = Path(__file__).resolve().parent
 EXPORTS = HERE / "exports"
 SEED = 20240501
 
-REASONS: tuple[str, ...] = (
-    "malformed",
-    "missing_field",
-    "invalid_type",
-    "invalid_timestamp",
-    "invalid_uri",
-)
 REQUIRED: tuple[str, ...] = (
     "Signal.Export.Id",
     "Signal.User.Id",
