@@ -9,7 +9,6 @@ number for JSON lines, record number for CSV and Avro) and its raw payload for d
 from __future__ import annotations
 
 import csv
-import fnmatch
 import glob
 import gzip
 import io
@@ -154,13 +153,40 @@ def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
     return files
 
 
+def glob_regex(pattern: str) -> re.Pattern:
+    """A key pattern with the local ``glob`` semantics: ``*`` and ``?`` stay within one folder,
+    ``**/`` matches any number of folders (also none), ``[...]`` is a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
 def _resolve_remote(value: str, input_format: str | None) -> list[InputFile]:
     root, key = _split_remote(value)
     storage = open_storage(root)
     files = []
     if any(ch in key for ch in "*?["):
-        prefix = key[: min(key.index(ch) for ch in "*?[" if ch in key)].rsplit("/", 1)[0]
-        infos = [o for o in storage.list(prefix if "/" in key else "") if fnmatch.fnmatchcase(o.key, key)]
+        head = key[: min(key.index(ch) for ch in "*?[" if ch in key)]
+        prefix = head.rsplit("/", 1)[0] if "/" in head else ""
+        pattern = glob_regex(key)
+        infos = [o for o in storage.list(prefix) if pattern.fullmatch(o.key)]
         explicit = False
     else:
         single = storage.info(key) if key else None

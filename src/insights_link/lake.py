@@ -49,13 +49,22 @@ logger = logging.getLogger(__name__)
 
 
 def failpoint(name: str) -> None:
-    """Crash-test hook: ``INSIGHTS_LINK_KILL_AT=<name>`` SIGKILLs this process at that step.
+    """Crash-test hooks at named steps of a run, so tests stop real processes deterministically
+    instead of guessing with timers:
 
-    Lets the kill-and-rerun tests stop a real process at each step of the commit protocol,
-    deterministically, instead of guessing with timers.
+    - ``INSIGHTS_LINK_KILL_AT=<name>`` SIGKILLs this process at that step;
+    - ``INSIGHTS_LINK_PAUSE_AT=<name>`` creates the file ``INSIGHTS_LINK_PAUSE_FILE`` and waits
+      (at most 120 s) until the test deletes it, e.g. after stopping the storage emulator.
     """
     if os.environ.get("INSIGHTS_LINK_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    marker = os.environ.get("INSIGHTS_LINK_PAUSE_FILE")
+    if marker and os.environ.get("INSIGHTS_LINK_PAUSE_AT") == name:
+        with open(marker, "w") as f:
+            f.write(name)
+        deadline = time.monotonic() + 120
+        while os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 INDEX_FILE = "runs_index.json"
