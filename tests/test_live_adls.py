@@ -96,3 +96,30 @@ def test_live_grant_read_sets_acls(live: tuple[AzureStorage, str]) -> None:
     assert f"user:{GRANT_OID}:r-x" in file_acl
     parent_acl = fs.get_directory_client(join(prefix, base)).get_access_control()["acl"]
     assert f"user:{GRANT_OID}:--x" in parent_acl or f"user:{GRANT_OID}:r-x" in parent_acl
+
+
+def test_live_export_end_to_end(live: tuple[AzureStorage, str]) -> None:
+    """The whole export into the real account: counts, manifest, exact file set, a skipping rerun."""
+    import json as _json
+
+    from conftest import REPO, run_cli
+
+    storage, base = live
+    output = LIVE_URL.rstrip("/") + "/" + base
+    sample = REPO / "sample_data" / "exports"
+    expected = _json.loads((REPO / "sample_data" / "expected.json").read_text())
+    first = run_cli("export", "--input", str(sample), "--output", output, "--run-id", "live1")
+    assert first.returncode == 0, first.stderr
+    report = _json.loads(storage.read_bytes(join(base, "EngagementInsights/_runs/live1.json")))
+    for key in ("records_read", "activities_written", "duplicates_dropped", "rejected"):
+        assert report[key] == expected[key], key
+    manifest = _json.loads(storage.read_bytes(join(base, "EngagementInsights/default.manifest.cdm.json")))
+    locations = sorted(p["location"] for e in manifest["entities"] for p in e["dataPartitions"])
+    prefix = join(base, "EngagementInsights") + "/"
+    data = sorted(o.key[len(prefix):] for o in storage.list(join(base, "EngagementInsights"))
+                  if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(prefix):])
+    assert data == locations
+    again = run_cli("export", "--input", str(sample), "--output", output, "--run-id", "live2")
+    assert again.returncode == 0, again.stderr
+    second = _json.loads(storage.read_bytes(join(base, "EngagementInsights/_runs/live2.json")))
+    assert {i["status"] for i in second["inputs"]} == {"skipped"}
