@@ -20,7 +20,7 @@ from insights_link.storage import LocalStorage
 
 def _report(run_id, status, *fingerprints):
     return {"run_id": run_id, "status": status,
-            "inputs": [{"fingerprint": f, "status": "processed"} for f in fingerprints]}
+            "inputs": [{"fingerprint": f, "status": "processed", "activities": ["T"]} for f in fingerprints]}
 
 
 def test_committed_inputs_index_is_a_cache_of_the_reports(tmp_path):
@@ -28,14 +28,14 @@ def test_committed_inputs_index_is_a_cache_of_the_reports(tmp_path):
     lake = Lake(storage, "DS")
     for report in (_report("r1", "committed", "a"), _report("r2", "failed", "b")):
         storage.write_bytes(f"DS/_runs/{report['run_id']}.json", json.dumps(report).encode())
-    assert lake.committed_inputs() == {"a": "r1"}
+    assert lake.committed_inputs() == {"T\ta": "r1"}
     index = json.loads(storage.read_bytes("DS/_state/runs_index.json"))
     assert index["runs"] == ["r1", "r2"]
     # A report written after the index is picked up; the index is not needed to be right.
     storage.write_bytes("DS/_runs/r3.json", json.dumps(_report("r3", "committed", "c")).encode())
-    assert lake.committed_inputs() == {"a": "r1", "c": "r3"}
+    assert lake.committed_inputs() == {"T\ta": "r1", "T\tc": "r3"}
     storage.delete("DS/_state/runs_index.json")
-    assert lake.committed_inputs() == {"a": "r1", "c": "r3"}
+    assert lake.committed_inputs() == {"T\ta": "r1", "T\tc": "r3"}
 
 
 @pytest.mark.parametrize("table,date,run", [("WebLog", "2024-05-01", "r1"), ("Web_Log_2", "2024-12-31", "20261128T1Z_x")])

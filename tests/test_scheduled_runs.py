@@ -235,3 +235,20 @@ def test_unknown_pipeline_option_in_job_file_is_a_usage_error(tmp_path, lake):
                    f'[[activity]]\nname = "A"\ninputs = ["{src}"]\n')
     proc = run_cli("export", "--job", str(job))
     assert proc.returncode == 2 and "--runnr=PortableRunner" in proc.stderr
+
+
+def test_an_activity_added_later_still_reads_files_others_committed(tmp_path, lake):
+    src = write_jsonl(tmp_path / "in" / "e.jsonl", [event("a", name="Promo"), event("b", name="View")])
+    job = tmp_path / "job.toml"
+    first = f'output = "{lake}"\n[[activity]]\nname = "Promo"\ninputs = ["{src}"]\nevent_names = ["Promo"]\n'
+    job.write_text(first)
+    assert run_cli("export", "--job", str(job)).returncode == 0
+    job.write_text(first + f'[[activity]]\nname = "Views"\ninputs = ["{src}"]\nevent_names = ["View"]\n')
+    proc = run_cli("export", "--job", str(job), "--run-id", "second")
+    assert proc.returncode == 0, proc.stderr
+    ds = lake / "EngagementInsights"
+    assert read_activities_table(ds, "Views")["ActivityId"].to_pylist() == ["b"]
+    assert read_activities_table(ds, "Promo")["ActivityId"].to_pylist() == ["a"]
+    second = [r for r in run_reports(ds) if r["run_id"] == "second"][0]
+    assert second["inputs"][0]["activities"] == ["Views"]
+    assert second["activities"]["Promo"]["records_read"] == 0

@@ -70,6 +70,11 @@ def failpoint(name: str) -> None:
 INDEX_FILE = "runs_index.json"
 
 
+def input_key(table: str, fingerprint: str) -> str:
+    """Key of the committed-inputs index: an input counts as committed per activity table."""
+    return f"{table}\t{fingerprint}"
+
+
 class LakeError(RuntimeError):
     """The data-source folder is in a state this run must not touch; the message says why."""
 
@@ -114,7 +119,7 @@ class LakeState:
 
     tables: dict[str, TableState]
     columns: dict[str, list[str]]
-    committed_inputs: dict[str, str]  # input fingerprint -> run id that committed it
+    committed_inputs: dict[str, str]  # input_key(table, fingerprint) -> run id that committed it
 
     def partitions_by_date(self, table: str) -> dict[str, list[str]]:
         """Committed partition locations of ``table`` grouped by event date."""
@@ -183,7 +188,7 @@ class Lake:
         return LakeState(tables, columns, self.committed_inputs())
 
     def committed_inputs(self) -> dict[str, str]:
-        """Input fingerprint -> the run that committed it.
+        """``input_key(table, fingerprint)`` -> the run that committed that input for that table.
 
         Read from ``_state/runs_index.json``, a cache of the run reports it names, plus the reports
         written since; the cache is then rewritten. So the Nth run reads one listing, one index
@@ -202,7 +207,8 @@ class Lake:
             if report.get("status") == "committed":
                 for entry in report.get("inputs", []):
                     if entry.get("status") == "processed":
-                        index["inputs"][entry["fingerprint"]] = report["run_id"]
+                        for table in entry.get("activities", report.get("tables", [])):
+                            index["inputs"][input_key(table, entry["fingerprint"])] = report["run_id"]
         if new:
             index["runs"].sort()
             self.storage.write_bytes(index_key, json.dumps(index, sort_keys=True).encode("utf-8"))

@@ -33,7 +33,7 @@ from insights_link.contract import (
 )
 from insights_link.inputs import DEFAULT_BLOCK_RECORDS, FORMATS, InputError, InputFile, resolve_inputs
 from insights_link.jobfile import Job, JobFileError, load_job
-from insights_link.lake import LAYOUTS, Lake, LakeBusy, LakeState
+from insights_link.lake import LAYOUTS, Lake, LakeBusy, LakeState, input_key
 from insights_link.records import parse_timestamp
 from insights_link.storage import StorageError, is_remote, open_storage
 from insights_link.transforms import COUNTS, ExportActivities, counter_totals, empty_counts, empty_outcome
@@ -302,19 +302,26 @@ def fingerprint(f: InputFile) -> str:
     return f"{f.source}|{f.size}|{f.modified}"
 
 
-def plan_inputs(files: list[InputFile], state: LakeState, reprocess: bool) -> tuple[list[InputFile], list[dict]]:
-    """Which inputs to process; the report's ``inputs`` entries for all of them."""
-    todo, entries = [], []
+def plan_inputs(files: list[InputFile], wanted: dict[tuple[str, str], tuple[str, ...]], state: LakeState,
+                reprocess: bool) -> tuple[list[tuple[InputFile, tuple[str, ...]]], list[dict]]:
+    """Which inputs to process for which activities; the report's ``inputs`` entries.
+
+    A file is skipped for an activity that already committed it (same path, size and modified
+    time), so an activity added to a job later still reads the files others have committed.
+    """
+    work, entries = [], []
     for f in files:
-        earlier = state.committed_inputs.get(fingerprint(f))
+        activities = wanted[(f.root, f.key)]
+        earlier = {a: state.committed_inputs.get(input_key(a, fingerprint(f))) for a in activities}
+        todo = tuple(a for a in activities if reprocess or not earlier[a])
         entry = {"source": f.source, "format": f.fmt, "size": f.size, "modified": f.modified,
-                 "fingerprint": fingerprint(f)}
-        if earlier and not reprocess:
-            entries.append(entry | {"status": "skipped", "committed_by": earlier})
-        else:
-            todo.append(f)
+                 "fingerprint": fingerprint(f), "activities": list(todo)}
+        if todo:
+            work.append((f, todo))
             entries.append(entry | {"status": "processed"})
-    return todo, entries
+        else:
+            entries.append(entry | {"status": "skipped", "committed_by": sorted(set(earlier.values()))[0]})
+    return work, entries
 
 
 def existing_partitions(lake: Lake, state: LakeState, tables: list[str]) -> dict[tuple[str, str], list[str]]:
@@ -391,22 +398,22 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
     all_files = sorted({(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
                        key=lambda f: (f.root, f.key))
     all_files = [InputFile(f.root, f.key, f.fmt, f.size, f.modified, rank) for rank, f in enumerate(all_files)]
-    todo, entries = plan_inputs(all_files, state, config.reprocess)
+    wanted: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name, fs in files_by_activity.items():
+        for f in fs:
+            wanted[(f.root, f.key)] = (*wanted.get((f.root, f.key), ()), name)
+    work, entries = plan_inputs(all_files, wanted, state, config.reprocess)
     specs = {a.name: ActivitySpec(a.name, a.activity_type, a.properties, config.run_id, config.run_time,
                                   a.event_names, config.since, config.until) for a in config.activities}
-    readers = {(f.root, f.key): tuple(name for name, fs in files_by_activity.items()
-                                      if any((g.root, g.key) == (f.root, f.key) for g in fs))
-               for f in todo}
     report = {
         "run_id": config.run_id, "status": "running", "started_at": _iso(clock()),
         "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
         "tables": sorted(specs), "inputs": entries,
     }
     logger.info("run %s: %d input file(s), %d to process, %d skipped", config.run_id,
-                len(all_files), len(todo), len(all_files) - len(todo))
+                len(all_files), len(work), len(all_files) - len(work))
     try:
-        outcome = _run_pipeline(config, options, lake, state, specs,
-                                [(f, readers[(f.root, f.key)]) for f in todo])
+        outcome = _run_pipeline(config, options, lake, state, specs, work)
         counts = _counts(outcome, specs)
         report.update(counts)
         _check_balance(counts)
