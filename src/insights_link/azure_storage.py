@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from azure.core.exceptions import (
     AzureError,
@@ -351,11 +351,20 @@ def describe_credential_source(account: str | None = None) -> str:
     if conn:
         fields = _connection_string_fields(conn)
         name = fields.get("accountname") or (
-            "devstoreaccount1" if fields.get("usedevelopmentstorage") else "?"
+            "devstoreaccount1" if fields.get("usedevelopmentstorage") else ""
         )
+        kind = (
+            "a SAS"
+            if fields.get("sharedaccesssignature")
+            else "an account key"
+            if fields.get("accountkey") or fields.get("usedevelopmentstorage")
+            else "no secret"
+        )
+        details = [f"account {name}"] if name else []
         endpoint = fields.get("blobendpoint", "")
-        where = f", blob endpoint {endpoint}" if endpoint else ""
-        return f"connection string from {ENV_CONNECTION_STRING} (account {name}{where})"
+        details += [f"blob endpoint {endpoint}"] if endpoint else []
+        where = f", {', '.join(details)}" if details else ""
+        return f"connection string from {ENV_CONNECTION_STRING} (with {kind}{where})"
     suffix = f" for account {account}" if account else ""
     if _env(ENV_ACCOUNT_KEY):
         return f"account key from {ENV_ACCOUNT_KEY}{suffix}"
@@ -511,7 +520,7 @@ def to_storage_error(
     else:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         message = f"cannot {action} {where}: {type(exc).__name__}: {first}"
-    return StorageError(_one_line(scrub(message), limit=400))
+    return StorageError(_one_line(scrub(message), limit=600))
 
 
 def _network_detail(exc: BaseException) -> str:
@@ -559,8 +568,8 @@ def _connect(
     if key:
         credential = {"account_name": location.account, "account_key": key}
     elif sas:
-        # A string SAS becomes part of each client's URL, which a same-account server-side
-        # copy needs to authorise its source. Never log SDK URLs.
+        # A string SAS becomes part of each client's URL: never log SDK URLs, and never send
+        # them as a copy source (see AzureStorage._server_copy).
         credential = sas
     else:
         from azure.identity import DefaultAzureCredential
@@ -575,6 +584,11 @@ def _connect(
         return DataLakeServiceClient(location.dfs_account_url, credential=credential, **kwargs)
 
     return service, datalake_with_credential, source
+
+
+def _carries_sas(url: str) -> bool:
+    """True when an SDK client's URL has a SAS token in its query string (a SAS credential)."""
+    return "sig" in parse_qs(urlsplit(url).query)
 
 
 def _is_folder(metadata: dict[str, str] | None) -> bool:
@@ -799,7 +813,15 @@ class AzureStorage:
 
     def _server_copy(self, source: BlobClient, target: BlobClient, src: str) -> bool:
         """Copy inside the account; False when the service will not do it (then the caller
-        copies through this machine). Raises when the source does not exist."""
+        copies through this machine). Raises when the source does not exist.
+
+        Never with a SAS credential: the service keeps a copy's source URL, SAS included, in the
+        target's properties (``x-ms-copy-source``), where anyone who may read the blob (e.g.
+        Customer Insights) would find a token that can write the lake."""
+        if _carries_sas(source.url):
+            if not source.exists():
+                raise StorageError(f"cannot move {self.describe(src)}: it does not exist")
+            return False
         try:
             result = target.start_copy_from_url(source.url)
         except ResourceNotFoundError:

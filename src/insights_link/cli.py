@@ -73,7 +73,25 @@ class _QuietDependencies(logging.Filter):
             return True
         if record.levelno < logging.WARNING:
             return False
+        if record.exc_info and _storage_failure(record.exc_info[1]):
+            # Beam logs a failing DoFn with its traceback; a storage failure is already one
+            # clear line (and the run's final line), so keep just the message.
+            record.exc_info = None
+            record.exc_text = None
         return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def _storage_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was caused by, a StorageError (an expected, explained failure)."""
+    from insights_link.storage import StorageError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StorageError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     log_format = _log_format(argv)
     configure_logging(log_format)
-    from insights_link.pipeline import DataSourceBusy, RunFailed, TooManyRejected, UsageError, run
+    from insights_link.pipeline import (
+        DataSourceBusy,
+        GrantFailed,
+        RunFailed,
+        TooManyRejected,
+        UsageError,
+        run,
+    )
 
     try:
         report = run(argv[1:])
@@ -134,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(log_format, EXIT_TOO_MANY_REJECTED, f"insights-link: run failed: {exc}", "failed")
     except DataSourceBusy as exc:
         return _failed(log_format, EXIT_BUSY, f"insights-link: data source busy: {exc}", "busy")
+    except GrantFailed as exc:
+        return _failed(log_format, EXIT_FAILED, "insights-link: the run committed, but --grant-read "
+                       f"failed (re-run to grant again): {exc}", "grant_failed")
     except RunFailed as exc:
         logger.debug("run failed", exc_info=True)
         return _failed(log_format, EXIT_FAILED, f"insights-link: run failed, nothing committed: {exc}",

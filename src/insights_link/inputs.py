@@ -178,9 +178,21 @@ def glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
+# A '?' followed by 'name=' in the same path segment: a query string (e.g. a SAS), not a glob.
+_QUERY_STRING = re.compile(r"\?[^/]*=")
+
+
 def _resolve_remote(value: str, input_format: str | None) -> list[InputFile]:
+    if _QUERY_STRING.search(value):  # never echo it: it may be a SAS token
+        raise InputError(
+            f"--input {value.split('?', 1)[0] + '?...'!r}: remove the query string (put a SAS token in "
+            "AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_CONNECTION_STRING instead)"
+        )
     root, key = _split_remote(value)
-    storage = open_storage(root)
+    try:
+        storage = open_storage(root)
+    except StorageError as exc:  # a malformed URL or credential setting: nothing was read yet
+        raise InputError(str(exc)) from exc
     files = []
     if any(ch in key for ch in "*?["):
         head = key[: min(key.index(ch) for ch in "*?[" if ch in key)]

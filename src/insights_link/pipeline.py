@@ -53,6 +53,11 @@ class RunFailed(RuntimeError):
     """The run could not complete; nothing was committed (exit code 1)."""
 
 
+class GrantFailed(RuntimeError):
+    """The run committed, but ``--grant-read`` could not set the ACLs (exit code 1); re-running
+    with the same options grants again (committed inputs are skipped)."""
+
+
 class TooManyRejected(RunFailed):
     """More than ``--max-rejected-ratio`` of the records were rejected (exit code 3)."""
 
@@ -284,8 +289,13 @@ def _activities(job: Job | None, given: dict) -> list[ActivityConfig]:
 
 
 def check_output(output: str) -> None:
-    """A local LAKE_ROOT must be a folder we can create or write (checked before writing)."""
+    """A local LAKE_ROOT must be a folder we can create or write; an Azure one a valid URL with
+    valid credential settings (checked before writing; opening sends no request)."""
     if is_remote(output):
+        try:
+            open_storage(output)
+        except StorageError as exc:
+            raise UsageError(f"--output: {exc}") from exc
         return
     path = os.path.abspath(output)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -431,7 +441,10 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         _fail(lake, report, config, exc, clock)
         raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
     if config.grant_read:
-        lake.storage.grant_read(lake.key(), list(config.grant_read))
+        try:
+            lake.storage.grant_read(lake.key(), list(config.grant_read))
+        except StorageError as exc:
+            raise GrantFailed(str(exc)) from exc
     return report
 
 
