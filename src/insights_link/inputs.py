@@ -31,6 +31,7 @@ _EXTENSIONS = {
     ".csv": "csv", ".csv.gz": "csv", ".avro": "avro",
 }
 DEFAULT_BLOCK_RECORDS = 100_000
+csv.field_size_limit(1 << 30)  # long URLs and titles are data, not errors
 _CHUNK_BYTES = 8 << 20
 
 
@@ -125,12 +126,14 @@ def _pick_format(key: str, explicit: bool, input_format: str | None, value: str)
 
 def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
     path = os.path.abspath(os.path.expanduser(value))
+    base = path  # what a folder or glob expands below: hidden/_ parts under it are skipped
     if os.path.isfile(path):
         candidates, explicit = [path], True
     elif os.path.isdir(path):
         candidates = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
         explicit = False
     elif glob.has_magic(value):
+        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit(os.sep, 1)[0]
         candidates, explicit = [], False
         for hit in glob.glob(path, recursive=True):
             if os.path.isdir(hit):
@@ -144,8 +147,10 @@ def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
     for candidate in candidates:
         key = candidate.lstrip("/").replace(os.sep, "/")
         name = os.path.basename(candidate)
-        if name.startswith(".") or name.startswith("_"):
-            continue  # hidden and bookkeeping files (e.g. a generator's _expected.json)
+        relative = os.path.relpath(candidate, base) if not explicit else name
+        if not explicit and (any(part.startswith((".", "_")) for part in relative.split(os.sep))
+                             or name.endswith(".cdm.json")):
+            continue  # hidden and bookkeeping files and folders (a lake's _runs, manifests, ...)
         fmt = _pick_format(key, explicit, input_format, value)
         info = storage.info(key)
         if fmt and info:
@@ -242,8 +247,9 @@ def read_blocks(f: InputFile, block_records: int = DEFAULT_BLOCK_RECORDS) -> Ite
                         block = RawBlock(f.source, f.rank, block.index + 1, f.fmt, header=block.header)
                 if positions:
                     position = positions[-1]
-    except (OSError, EOFError, ValueError, zlib.error, StorageError) as exc:
-        # fastavro raises ValueError/EOFError on broken containers; gzip raises OSError/EOFError
+    except Exception as exc:  # noqa: BLE001 - any decoder failure ends the file, never the run
+        # gzip raises OSError/EOFError/zlib.error, fastavro ValueError/EOFError/IndexError/KeyError
+        # and its own schema errors, csv csv.Error: the rest of this file is one dead letter.
         logger.warning("input %s is unreadable after record %d: %s", f.source, position, exc)
         block.unreadable = (position + 1, f"malformed: file unreadable after position {position}: {exc}")
     if block.payloads or block.unreadable:
@@ -259,7 +265,14 @@ def _jsonl_batches(stream) -> Iterator[Batch]:
     pending = b""
     first = True
     while True:
-        chunk = stream.read(_CHUNK_BYTES)
+        chunk, error = _read_chunk(stream)
+        if error is not None:  # keep the complete lines before the break, then report it
+            lines = (pending + chunk).split(b"\n")[:-1]
+            if first:
+                lines[:1] = [lines[0].removeprefix(b"\xef\xbb\xbf")] if lines else []
+            if lines:
+                yield _non_blank(lines, line_no)
+            raise error
         if not chunk:
             break
         if first:
@@ -280,6 +293,24 @@ def _jsonl_batches(stream) -> Iterator[Batch]:
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")  # a literal first byte keeps the scan fast
 
 
+def _read_chunk(stream) -> tuple[bytes, BaseException | None]:
+    """Up to 8 MB; on a read error, what was read before it and the error (a truncated gzip
+    still yields its good part)."""
+    parts: list[bytes] = []
+    size = 0
+    read = getattr(stream, "read1", stream.read)
+    try:
+        while size < _CHUNK_BYTES:
+            piece = read(_CHUNK_BYTES - size)
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
+    except (OSError, EOFError, zlib.error) as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
+
+
 def _non_blank(lines: list[bytes], before: int) -> Batch:
     """Drop CR line endings and blank lines; positions are 1-based line numbers."""
     if any(line.endswith(b"\r") for line in lines):
@@ -294,14 +325,16 @@ def _batched(records: Iterator[tuple[int, Any, Any]], size: int = 10_000) -> Ite
     positions: list[int] = []
     payloads: list = []
     header = None
-    for position, payload, header in records:
-        positions.append(position)
-        payloads.append(payload)
-        if len(payloads) >= size:
+    try:
+        for position, payload, header in records:
+            positions.append(position)
+            payloads.append(payload)
+            if len(payloads) >= size:
+                yield positions, payloads, header
+                positions, payloads = [], []
+    finally:  # a reader that breaks mid-file still hands over the records before the break
+        if payloads:
             yield positions, payloads, header
-            positions, payloads = [], []
-    if payloads:
-        yield positions, payloads, header
 
 
 def _csv_batches(stream) -> Iterator[Batch]:

@@ -93,7 +93,7 @@ def load_job(path: str) -> Job:
             doc = tomllib.load(f)
     except FileNotFoundError as exc:
         raise JobFileError(f"--job {path!r} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise JobFileError(f"{path}: not valid TOML ({exc})") from exc
     except OSError as exc:
         raise JobFileError(f"--job {path!r} cannot be read: {exc.strerror}") from exc

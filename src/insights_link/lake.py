@@ -103,6 +103,14 @@ def incremental_location(table: str, committed: datetime, name: str) -> str:
     return f"{table}/IncrementalData/{committed.astimezone(UTC):%Y/%m/%d/%H}/Upserts/{name}"
 
 
+def _run_of(location: str) -> str | None:
+    """The run id in a partition file's name (``<Table>_<yyyymmdd>_<run>_<nnn>.parquet``)."""
+    table = location.split("/", 1)[0]
+    name = location.rsplit("/", 1)[-1]
+    stem = name[len(table) + 10:].removesuffix(".parquet")  # skip "<Table>_<yyyymmdd>_"
+    return stem.rsplit("_", 1)[0] if name.startswith(table + "_") and "_" in stem else None
+
+
 def date_of_partition(location: str) -> str | None:
     """The event date a partition file holds, from its name (``WebLog_20240501_...``)."""
     table = location.split("/", 1)[0]
@@ -216,32 +224,51 @@ class Lake:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
-        """Finish or undo runs that died; returns the run ids found. Call under the lock."""
-        leftovers = sorted({
-            obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))
-        })
+    def recover(self, only: str | None = None) -> dict[str, str]:
+        """Finish or undo runs that died (or only run ``only``): run id -> "committed" or
+        "rolled back".
+
+        A run whose files the manifest already references is rolled forward (its staged report
+        becomes its report); any other is rolled back: its dead letters and every unreferenced
+        Parquet file are deleted. Staging folders go last, so a kill in here is retried by the
+        next run. Call under the lock.
+        """
+        leftovers = sorted({obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))})
+        if only is not None:
+            leftovers = [r for r in leftovers if r == only]
         if not leftovers:
-            return []
+            return {}
         tables = self.read_tables()
         referenced = {loc for t in tables.values() for loc in t.all_locations()}
-        rolled_back = False
+        referenced_runs = {_run_of(loc) for loc in referenced}
+        settled: dict[str, str] = {}
         for run_id in leftovers:
             report_key = self.key("_runs", f"{run_id}.json")
             staged_report = self.staging(run_id, "report.json")
-            if self.storage.exists(report_key):
+            if self._committed_report(report_key):
                 logger.info("run %s had committed; removing its staging folder", run_id)
-            elif any(f"_{run_id}_" in loc for loc in referenced) and self.storage.exists(staged_report):
+                settled[run_id] = "committed"
+            elif run_id in referenced_runs and self.storage.exists(staged_report):
                 logger.warning("run %s died after its commit point; finishing it", run_id)
                 self.storage.write_bytes(report_key, self.storage.read_bytes(staged_report))
+                settled[run_id] = "committed"
             else:
-                logger.warning("run %s died before committing; removing what it wrote", run_id)
+                logger.warning("run %s did not commit; removing what it wrote", run_id)
                 self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
-                rolled_back = True
-            self.storage.delete_prefix(self.staging(run_id))
-        if rolled_back:
+                settled[run_id] = "rolled back"
+        if "rolled back" in settled.values():
             self._sweep_unreferenced(referenced)
-        return leftovers
+        for run_id in leftovers:
+            self.storage.delete_prefix(self.staging(run_id))
+        return settled
+
+    def _committed_report(self, key: str) -> bool:
+        if not self.storage.exists(key):
+            return False
+        try:
+            return json.loads(self.storage.read_bytes(key)).get("status") == "committed"
+        except ValueError:
+            return False
 
     def _sweep_unreferenced(self, referenced: set[str]) -> None:
         prefix = self.key()
@@ -322,8 +349,10 @@ class Lake:
                 out.write(self.storage.read_bytes(key))
 
     def record_failure(self, run_id: str, report: dict) -> None:
-        """Undo a failed run's staged output and keep a report saying why."""
-        self.storage.delete_prefix(self.staging(run_id))
+        """Settle a failed run like a dead one (a commit that got past the manifest is finished,
+        anything else undone, orphans swept) and, unless it had committed, report why it failed."""
+        if self.recover(only=run_id).get(run_id) == "committed":
+            return
         data = dict(report, status="failed")
         self.storage.write_bytes(
             self.key("_runs", f"{run_id}.json"),

@@ -397,7 +397,13 @@ def _check_grant_read(lake: Lake) -> None:
 def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
                 files_by_activity: dict[str, list[InputFile]], clock: Clock) -> dict:
     lake.recover()
-    state = lake.read_state()
+    if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")):
+        raise UsageError(f"--run-id {config.run_id!r} was already used in data source "
+                         f"{config.data_source!r}; run ids must be unique")
+    try:
+        state = lake.read_state()
+    except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
+        raise RunFailed(f"cannot read the data source's committed state: {exc}") from exc
     columns = {a.name: activity_columns(a.properties) for a in config.activities}
     for name, cols in columns.items():
         declared = state.columns.get(name)

@@ -150,9 +150,10 @@ def field_value(event: dict, dotted: str) -> Any:
 
 _ISO = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
-    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?"
+    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?",
+    re.ASCII,
 )
-_INTEGER = re.compile(r"[+-]?\d{1,15}")
+_INTEGER = re.compile(r"[+-]?\d{1,15}", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
