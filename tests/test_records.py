@@ -38,7 +38,6 @@ def nested(**over):
     return {"Signal": signal}
 
 
-UTC = UTC
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -148,6 +147,18 @@ def test_maps_flat_event_with_integer_ids_and_no_name():
     out = check_event(event)
     assert isinstance(out, Activity)
     assert (out.activity_id, out.customer_id, out.event_name) == ("42", "7", None)
+
+
+def test_avro_logical_timestamp_is_accepted():
+    aware = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    out = check_event(nested(Timestamp=aware))
+    assert isinstance(out, Activity) and out.activity_time == aware
+    naive = check_event(nested(Timestamp=datetime(2024, 5, 1, 12)))
+    assert naive.activity_time == aware
+
+
+def test_non_ascii_digits_are_not_a_timestamp():
+    assert isinstance(parse_timestamp("\u0662\u0660\u0662\u0664-05-01T10:00:00Z"), str)
 
 
 def test_csv_row_field_count_mismatch_is_malformed():

@@ -165,6 +165,8 @@ def parse_timestamp(value: Any) -> datetime | str:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return _from_epoch_ms(value)
+    if isinstance(value, datetime):  # Avro timestamp-millis/micros logical types
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if not isinstance(value, str):
         return f"{value!r} is not a timestamp"
     text = value.strip()
@@ -225,6 +227,8 @@ def _as_text(value: Any) -> str | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, datetime):  # only meaningful for Signal.Timestamp (Avro logical types)
+        return value.isoformat()
     return None
 
 
