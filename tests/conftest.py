@@ -42,6 +42,20 @@ def write_jsonl(path: Path, records, gz: bool = False) -> Path:
     return path
 
 
+def load_script(name: str, path: Path):
+    """Import a script that is not in a package (benchmarks/, sample_data/) under ``name``."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """``insights-link`` as a real process, as a scheduler would start it."""
     full_env = dict(os.environ, **(env or {}))

@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import io
 import json
 import subprocess
 import sys
 from datetime import date, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import fastavro
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    """Import a script that is not in a package (benchmarks/, sample_data/) under ``name``."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from conftest import REPO
+from conftest import load_script as _load
 
 generator = _load("bench_generate", REPO / "benchmarks" / "generate.py")
 baseline = _load("bench_duckdb_baseline", REPO / "benchmarks" / "duckdb_baseline.py")
