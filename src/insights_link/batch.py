@@ -9,6 +9,8 @@ give the same answer by construction (and tests check it on tricky inputs).
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,16 +95,46 @@ def _json_default(value: Any) -> Any:
 
 
 def payload_of(block: RawBlock, i: int) -> Any:
-    """What a dead letter keeps: a JSON line's exact text, otherwise the record as JSON."""
+    """What a dead letter keeps: a JSON line's text, otherwise the record as JSON.
+
+    Invalid UTF-8 in a JSON line becomes U+FFFD here, so the dead letter stays valid UTF-8 JSON;
+    :func:`original_bytes` keeps the exact bytes for ``payload_base64``.
+    """
     raw = block.payloads[i]
     if block.fmt == "jsonl":
-        return raw.decode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors="replace")
     if block.fmt == "csv":
         header = block.header or []
         return {name: raw[j] if j < len(raw) else None for j, name in enumerate(header)} | (
             {"_extra": raw[len(header):]} if len(raw) > len(header) else {}
         )
     return json.loads(json.dumps(raw, default=_json_default))
+
+
+def _has_escaped_bytes(cells: list[Any]) -> bool:
+    """Whether CSV cells hold invalid UTF-8 (read with ``surrogateescape``)."""
+    return any(isinstance(c, str) and any("\udc80" <= ch <= "\udcff" for ch in c) for c in cells)
+
+
+def original_bytes(block: RawBlock, i: int) -> bytes | None:
+    """The record's bytes when they are not valid UTF-8 (else None), for ``payload_base64``.
+
+    A JSON line: its exact bytes. A CSV row: its fields' exact bytes written back as one CSV
+    record (RFC 4180 quoting; the reader does not keep the row's original quoting). Avro strings
+    are always valid UTF-8, and Avro bytes already travel as ``{"base64": ...}``.
+    """
+    raw = block.payloads[i]
+    if block.fmt == "jsonl":
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+        return None
+    if block.fmt == "csv" and _has_escaped_bytes(raw):
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(raw)
+        return out.getvalue().encode("utf-8", errors="surrogateescape")
+    return None
 
 
 def decode(block: RawBlock, i: int) -> dict | Rejection:
@@ -116,8 +148,9 @@ def decode(block: RawBlock, i: int) -> dict | Rejection:
 
 
 def dead_letter(block: RawBlock, i: int, rejection: Rejection, run_id: str) -> dict:
-    """One dead-letter object for record ``i`` of ``block``."""
-    return {
+    """One dead-letter object for record ``i`` of ``block`` (``payload_base64`` only when the
+    record's bytes are not valid UTF-8)."""
+    letter = {
         "reason": rejection.reason,
         "detail": rejection.detail,
         "source": block.source,
@@ -125,6 +158,10 @@ def dead_letter(block: RawBlock, i: int, rejection: Rejection, run_id: str) -> d
         "payload": payload_of(block, i),
         "run_id": run_id,
     }
+    raw = original_bytes(block, i)
+    if raw is not None:
+        letter["payload_base64"] = base64.b64encode(raw).decode("ascii")
+    return letter
 
 
 def rows_to_table(spec: ActivitySpec, rows: list[tuple[int, int, Activity]]) -> pa.Table:

@@ -50,10 +50,15 @@ _BATCH_ROWS = 16_384  # several Arrow batches per block let DuckDB use every cor
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
-    """One DuckDB connection per thread (connections are not shared across threads)."""
+    """One DuckDB connection per thread (connections are not shared across threads).
+
+    The wheel ships ICU, so a connection starts in the process's local zone (``TZ``); pinning
+    it to UTC keeps any TIMESTAMPTZ arithmetic independent of where the run happens.
+    """
     con = getattr(_local, "con", None)
     if con is None:
-        con = duckdb.connect()  # no ICU extension here: TIMESTAMPTZ is UTC
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
         _local.con = con
     return con
 
@@ -70,7 +75,12 @@ def _value(k: int) -> str:
 
 
 def _query(paths: list[str]) -> str:
-    """The block query: gates, extracted values and the parsed timestamp per line index."""
+    """The block query: gates, extracted values and the timestamp per line index.
+
+    ``ts`` is epoch microseconds (BIGINT): an ISO text with its zone is an instant whatever the
+    session zone, and epoch milliseconds are scaled without any TIMESTAMP/TIMESTAMPTZ cast, which
+    would read the wall time in the session's zone.
+    """
     n_props = len(paths) - len(_REQUIRED_PATHS)
     path_list = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
     lenient = " OR ".join(f"regexp_matches(line, '{pattern}')" for pattern in _LENIENT)
@@ -97,10 +107,10 @@ def _query(paths: list[str]) -> str:
     ), typed AS (
         SELECT *,
                CASE WHEN v3 IS NOT NULL THEN
-                        CASE WHEN regexp_full_match(v3, '{_TS}') THEN try_cast(v3 AS TIMESTAMPTZ) END
+                        CASE WHEN regexp_full_match(v3, '{_TS}') THEN epoch_us(try_cast(v3 AS TIMESTAMPTZ)) END
                     WHEN regexp_full_match(s[3], '{_EPOCH_MS}')
                          AND s[3]::BIGINT BETWEEN {_EPOCH_MIN} AND {_EPOCH_MAX}
-                    THEN make_timestamp(s[3]::BIGINT * 1000)::TIMESTAMPTZ END AS ts
+                    THEN s[3]::BIGINT * 1000 END AS ts
         FROM texts
     ), checked AS (
         SELECT *,
@@ -156,7 +166,7 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     columns = {
         "ActivityId": fast["id"],
         "CustomerId": fast["user_id"],
-        "ActivityTime": fast["ts"].cast(UTC_MICROS),
+        "ActivityTime": fast["ts"].cast(pa.int64()).cast(UTC_MICROS),  # epoch micros, UTC by definition
         "EventActivity": pc.fill_null(fast["name"], spec.name),
         "WebAddress": fast["uri"],
         "Details": fast["action"],
