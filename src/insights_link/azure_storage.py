@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -49,7 +51,14 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob import ExponentialRetry as BlobExponentialRetry
 
-from insights_link.storage import LockBusy, ObjectInfo, StorageError, join
+from insights_link.storage import (
+    LockBusy,
+    LockLost,
+    ObjectInfo,
+    PreconditionFailed,
+    StorageError,
+    join,
+)
 
 if TYPE_CHECKING:
     from azure.storage.filedatalake import DataLakeServiceClient, FileSystemClient
@@ -64,6 +73,18 @@ ENV_BACKOFF = "INSIGHTS_LINK_AZURE_BACKOFF"
 ENV_BACKOFF_MAX = "INSIGHTS_LINK_AZURE_BACKOFF_MAX"
 ENV_CONNECT_TIMEOUT = "INSIGHTS_LINK_AZURE_CONNECT_TIMEOUT"
 ENV_READ_TIMEOUT = "INSIGHTS_LINK_AZURE_READ_TIMEOUT"
+ENV_LEASE_SECONDS = "INSIGHTS_LINK_LEASE_SECONDS"  # the lock's lease, 15-60 s (default 30)
+#: A lease is trusted only while this much of it is left: a request started later could land
+#: after the lease lapsed (its read timeout bounds how late), so the commit is conditional too.
+LEASE_SAFETY_SECONDS = 5.0
+_LOST_LEASE_CODES = {
+    "LeaseIdMismatchWithLeaseOperation",
+    "LeaseNotPresentWithLeaseOperation",
+    "LeaseLost",
+    "LeaseIsBrokenAndCannotBeRenewed",
+    "LeaseIdMismatchWithBlobOperation",
+    "LeaseNotPresentWithBlobOperation",
+}
 
 # open_write / open_read keep this much in memory before spilling to a temp file.
 SPOOL_MAX_BYTES = 32 * 1024 * 1024
@@ -629,22 +650,44 @@ def merge_acl(acl: str, grants: dict[str, str]) -> str:
 
 
 class Lease:
-    """A held blob lease (see :meth:`AzureStorage.lease`). Renew it before ``seconds`` pass."""
+    """A held blob lease; ``check()`` raises :class:`LockLost` once it can't be trusted: a
+    renewal was refused (someone else holds it now), or too long has passed since the last
+    successful renewal (a frozen process, a network stall), measured on the monotonic clock."""
 
     def __init__(self, storage: AzureStorage, key: str, client: BlobLeaseClient, seconds: int):
         self._storage = storage
-        self._client = client
         self.key = key
+        self._client = client
         self.seconds = seconds
+        self._renewed = time.monotonic()
+        self._lost: str | None = None
 
     @property
     def id(self) -> str:
         return str(self._client.id)
 
     def renew(self) -> None:
-        """Restart the lease's ``seconds`` countdown."""
-        with self._storage._azure_errors("renew the lease on", self.key):
+        """Restart the lease's ``seconds`` countdown (only while it is still ours)."""
+        self.check()
+        started = time.monotonic()
+        try:
             self._client.renew()
+        except HttpResponseError as exc:
+            if _error_code(exc) in _LOST_LEASE_CODES or exc.status_code in (409, 412):
+                self._lost = f"another run took the lease ({_error_code(exc) or exc.status_code})"
+            raise to_storage_error(exc, "renew the lease on", self._storage.describe(self.key)) from exc
+        except AzureError as exc:
+            raise to_storage_error(exc, "renew the lease on", self._storage.describe(self.key)) from exc
+        self._renewed = started  # the countdown restarted no earlier than the request was sent
+
+    def check(self) -> None:
+        where = self._storage.describe(self.key)
+        if self._lost:
+            raise LockLost(f"lost the lock {where}: {self._lost}")
+        left = self.seconds - (time.monotonic() - self._renewed)
+        if left < LEASE_SAFETY_SECONDS:
+            self._lost = f"not renewed for {self.seconds - left:.0f} s (the lease lasts {self.seconds} s)"
+            raise LockLost(f"lost the lock {where}: {self._lost}")
 
 
 class AzureStorage:
@@ -745,7 +788,7 @@ class AzureStorage:
                 return None
         if _is_folder(props.metadata):
             return None
-        return ObjectInfo(key.strip("/"), int(props.size), props.last_modified)
+        return ObjectInfo(key.strip("/"), int(props.size), props.last_modified, str(props.etag or ""))
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         folder = self._name(prefix)
@@ -757,7 +800,8 @@ class AzureStorage:
                 ):
                     if not _is_folder(blob.metadata):
                         found.append(
-                            ObjectInfo(self._key(blob.name), blob.size, blob.last_modified)
+                            ObjectInfo(self._key(blob.name), blob.size, blob.last_modified,
+                                       str(blob.etag or ""))
                         )
             except ResourceNotFoundError:
                 return []  # no file system yet: an empty lake
@@ -784,6 +828,39 @@ class AzureStorage:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._upload(key, bytes(data), len(data))
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        with self._azure_errors("read", key):
+            try:
+                downloader = self._blob(key).download_blob()
+            except ResourceNotFoundError:
+                return None, None
+            return downloader.readall(), str(downloader.properties.etag)
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str:
+        """One conditional Put Blob: ``If-Match: <etag>``, or ``If-None-Match: *`` for a first
+        write. The service checks and writes in one step, so a writer that lost its lock and
+        wakes up late gets 412 instead of overwriting a newer commit."""
+        blob = self._blob(key)
+        if version is None:
+            conditions: dict[str, Any] = {"overwrite": False}
+        else:
+            conditions = {"overwrite": True, "etag": version, "match_condition": MatchConditions.IfNotModified}
+        with self._azure_errors("write", key):
+            try:
+                result = blob.upload_blob(bytes(data), length=len(data), **conditions)
+            except ResourceExistsError as exc:
+                raise PreconditionFailed(f"{self.describe(key)} was created by another run meanwhile") from exc
+            except ResourceModifiedError as exc:
+                raise PreconditionFailed(f"{self.describe(key)} changed since this run read it") from exc
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    raise PreconditionFailed(f"{self.describe(key)} changed since this run read it") from exc
+                if _error_code(exc) != "ContainerNotFound":
+                    raise
+                self._create_container()
+                result = blob.upload_blob(bytes(data), length=len(data), **conditions)
+        return str(result["etag"])
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -985,23 +1062,30 @@ class AzureStorage:
                 )
 
     @contextlib.contextmanager
-    def lock(self, key: str, seconds: int = 30) -> Iterator[None]:
+    def lock(self, key: str, seconds: int | None = None) -> Iterator[Lease]:
         """A lease on a lock blob, renewed in the background while the block runs; a killed
-        holder's lease expires after at most ``seconds``."""
+        or frozen holder's lease expires after at most ``seconds`` (``INSIGHTS_LINK_LEASE_SECONDS``,
+        default 30). The yielded :class:`Lease` tells, at each fenced step, whether it is still
+        held."""
+        if seconds is None:
+            seconds = int(_env_number(ENV_LEASE_SECONDS, 30, integer=True))
         with self.lease(key, seconds) as held:
             stop = threading.Event()
 
             def renew() -> None:
-                while not stop.wait(seconds / 3):
+                while not stop.wait(seconds / 4):
                     try:
                         held.renew()
+                    except LockLost as exc:
+                        logger.error("%s; this run will not commit", exc)
+                        return
                     except StorageError as exc:  # keep trying: the next renewal may get through
                         logger.warning("could not renew the lock on %s: %s", self.describe(key), exc)
 
             thread = threading.Thread(target=renew, name="insights-link-lease", daemon=True)
             thread.start()
             try:
-                yield
+                yield held
             finally:
                 stop.set()
                 thread.join()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 
@@ -142,35 +143,52 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     log_format = _log_format(argv)
     configure_logging(log_format)
-    from insights_link.pipeline import (
+    from insights_link.errors import (
+        CommittedWithErrors,
         DataSourceBusy,
-        GrantFailed,
+        Interrupted,
         RunFailed,
         TooManyRejected,
         UsageError,
-        run,
     )
+    from insights_link.pipeline import run
 
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         report = run(argv[1:])
     except UsageError as exc:
-        return _failed(log_format, EXIT_USAGE, f"insights-link: error: {exc}", "usage_error")
+        return _failed(log_format, exc.exit_code, f"insights-link: error: {exc}", exc.status)
     except TooManyRejected as exc:
-        return _failed(log_format, EXIT_TOO_MANY_REJECTED, f"insights-link: run failed: {exc}", "failed")
+        return _failed(log_format, exc.exit_code, f"insights-link: run failed: {exc}", exc.status)
     except DataSourceBusy as exc:
-        return _failed(log_format, EXIT_BUSY, f"insights-link: data source busy: {exc}", "busy")
-    except GrantFailed as exc:
-        return _failed(log_format, EXIT_FAILED, "insights-link: the run committed, but --grant-read "
-                       f"failed (re-run to grant again): {exc}", "grant_failed")
+        return _failed(log_format, exc.exit_code, f"insights-link: data source busy: {exc}", exc.status)
+    except CommittedWithErrors as exc:
+        message = str(exc) if str(exc).startswith("the run committed") else f"the run committed, but {exc}"
+        return _failed(log_format, exc.exit_code, f"insights-link: {message}", exc.status)
     except RunFailed as exc:
         logger.debug("run failed", exc_info=True)
-        return _failed(log_format, EXIT_FAILED, f"insights-link: run failed, nothing committed: {exc}",
-                       "failed")
+        return _failed(log_format, exc.exit_code, f"insights-link: run failed, nothing committed: {exc}",
+                       exc.status)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        settled = ("the run had already committed" if getattr(exc, "committed", False)
+                   else "nothing committed; the next run cleans up")
+        return _failed(log_format, 128 + signum,
+                       f"insights-link: interrupted by {signal.Signals(signum).name}: {settled}", "interrupted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if log_format == "json":
         print(json.dumps(report, sort_keys=True))
     else:
         print(summary_text(report))
     return EXIT_OK
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    """SIGTERM ends a run like Ctrl-C: the run settles what it wrote, then exits 143."""
+    from insights_link.errors import Interrupted
+
+    raise Interrupted(signum)
 
 
 def _failed(log_format: str, code: int, message: str, status: str) -> int:

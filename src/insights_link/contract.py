@@ -40,12 +40,19 @@ class ContractError(ValueError):
     """A configuration value breaks the contract (the message names the value)."""
 
 
+#: Longest table, data-source and run name: file names hold a table and a run id (255 bytes at most).
+MAX_NAME_LENGTH = 100
+
+
 def check_name(value: str, what: str) -> str:
     """Enforce Customer Insights' naming rule: a letter, then letters, digits or underscores.
 
     >>> check_name("WebLog", "--activity-name")
     'WebLog'
     """
+    if value and len(value) > MAX_NAME_LENGTH:
+        raise ContractError(f"{what} {value[:40]!r}... is {len(value)} characters long; at most "
+                            f"{MAX_NAME_LENGTH} make valid file names")
     if not _NAME_RULE.fullmatch(value or ""):
         raise ContractError(
             f"{what} {value!r} breaks the naming rule: it must begin with a letter and "

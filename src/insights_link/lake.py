@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Iterable, Iterator
@@ -43,7 +44,15 @@ from insights_link.manifest import (
     manifest_document,
     parse_manifest,
 )
-from insights_link.storage import LockBusy, Storage, join
+from insights_link.storage import (
+    LockBusy,
+    LockHandle,
+    LockLost,
+    PreconditionFailed,
+    Storage,
+    StorageError,
+    join,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +77,7 @@ def failpoint(name: str) -> None:
 
 
 INDEX_FILE = "runs_index.json"
+COMMIT_RECORD = "commit.json"  # in a run's staging: where its files go, written before the moves
 
 
 def input_key(table: str, fingerprint: str) -> str:
@@ -81,6 +91,21 @@ class LakeError(RuntimeError):
 
 class LakeBusy(LakeError):
     """Another run holds the data source's lock."""
+
+
+class CommitLost(LakeError):
+    """This run lost its lock, or another run committed since this one read the data source:
+    nothing of this run is visible, and it touched nothing of the others'."""
+
+
+class CommitUnfinished(LakeError):
+    """The run's commit is visible, but a step after the commit point failed (the run report,
+    removing staging); the next run finishes it."""
+
+
+class CommitUnknown(LakeError):
+    """The storage failed at the commit point and could not be asked afterwards whether the
+    commit became visible; the next run settles it (rolls it forward or back)."""
 
 
 LAYOUTS = ("full", "incremental")
@@ -121,6 +146,10 @@ def date_of_partition(location: str) -> str | None:
     return None
 
 
+#: A dead run's Parquet file name: ``<Table>_<yyyymmdd>_<run>_<nnn>.parquet``.
+_OWN_FILE = re.compile(r"^(?P<table>[A-Za-z][A-Za-z0-9_]*)_(?P<date>\d{8})_(?P<run>[A-Za-z0-9_-]+)_\d{3}\.parquet$")
+
+
 @dataclass
 class LakeState:
     """The committed state a run starts from."""
@@ -141,11 +170,21 @@ class LakeState:
 
 
 class Lake:
-    """One data-source folder on a :class:`Storage`."""
+    """One data-source folder on a :class:`Storage`.
+
+    Every step that changes what readers see or deletes anything is *fenced*: it first checks
+    that this process still holds the data source's lock, and the commit point itself is a
+    conditional write of the manifest (it succeeds only if the manifest is still the version
+    this run planned from). A run that takes over from a dead or stalled one rewrites the
+    manifest (same content, new version) before deleting anything of it, so the stalled run's
+    late commit fails instead of listing deleted files.
+    """
 
     def __init__(self, storage: Storage, data_source: str) -> None:
         self.storage = storage
         self.data_source = data_source
+        self.fence: LockHandle | None = None
+        self.planned_version: str | None = None  # the manifest version read_state() saw
 
     def key(self, *parts: str) -> str:
         """A key below the data-source folder."""
@@ -163,31 +202,48 @@ class Lake:
 
         Raises :class:`LakeBusy` when the lock stays taken. Local lakes use a file lock the kernel
         releases when its holder dies; ADLS uses a blob lease that expires after its holder dies.
+        While waiting, says once who holds it and since when.
         """
         waited = 0.0
         while True:
             try:
-                with self.storage.lock(self.key("_lock")):
-                    yield
+                with self.storage.lock(self.key("_lock")) as handle:
+                    self.fence = handle
+                    try:
+                        yield
+                    finally:
+                        self.fence = None
                 return
             except LockBusy as exc:
                 if waited >= wait_seconds:
                     raise LakeBusy(
                         f"another run is writing to data source {self.data_source!r} "
                         f"({exc}); waited {wait_seconds:g} s") from exc
+                if waited == 0:
+                    logger.warning("waiting up to %g s for the lock: %s", wait_seconds, exc)
             time.sleep(poll_seconds)
             waited += poll_seconds
 
+    def check_lock(self) -> None:
+        """Raise :class:`LockLost` unless this process still holds the data source's lock."""
+        if self.fence is None:
+            raise LockLost(f"this run does not hold the lock of data source {self.data_source!r}")
+        self.fence.check()
+
     # -- reading the committed state ---------------------------------------------------------
 
+    def read_manifest(self) -> tuple[dict[str, TableState], bytes | None, str | None]:
+        """The committed tables, the manifest's bytes and its version (None when absent)."""
+        data, version = self.storage.read_versioned(self.key(MANIFEST_FILE))
+        return (parse_manifest(data) if data is not None else {}), data, version
+
     def read_tables(self) -> dict[str, TableState]:
-        key = self.key(MANIFEST_FILE)
-        if not self.storage.exists(key):
-            return {}
-        return parse_manifest(self.storage.read_bytes(key))
+        return self.read_manifest()[0]
 
     def read_state(self) -> LakeState:
-        tables = self.read_tables()
+        """The committed state this run plans from; its manifest version is what the commit
+        will be conditional on."""
+        tables, _data, self.planned_version = self.read_manifest()
         columns = {}
         for name in tables:
             doc_key = self.key(f"{name}.cdm.json")
@@ -225,42 +281,67 @@ class Lake:
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self, only: str | None = None) -> dict[str, str]:
-        """Finish or undo runs that died (or only run ``only``): run id -> "committed" or
-        "rolled back".
+        """Finish or undo runs that died or stalled (or only run ``only``): run id ->
+        "committed" or "rolled back". Call under the lock.
 
-        A run whose files the manifest already references is rolled forward (its staged report
-        becomes its report); any other is rolled back: its dead letters and every unreferenced
-        Parquet file are deleted. Staging folders go last, so a kill in here is retried by the
-        next run. Call under the lock.
+        A run whose files the manifest references is rolled forward (its staged report becomes
+        its report); any other is rolled back. Before deleting anything of a run that may still
+        be alive (stalled, or its commit request still in flight), the manifest is rewritten
+        conditionally, so that run's commit can no longer succeed. Only the rolled-back runs'
+        own files are deleted: the ones their commit record lists and the ones named after them;
+        nothing else under the data source is touched. Staging folders go last, so a kill in
+        here is retried by the next run.
         """
-        leftovers = sorted({obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))})
+        self.check_lock()
+        leftovers = sorted({obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))
+                            if obj.key.count("/") >= 3})
         if only is not None:
             leftovers = [r for r in leftovers if r == only]
         if not leftovers:
             return {}
-        tables = self.read_tables()
-        referenced = {loc for t in tables.values() for loc in t.all_locations()}
-        referenced_runs = {_run_of(loc) for loc in referenced}
-        settled: dict[str, str] = {}
-        for run_id in leftovers:
-            report_key = self.key("_runs", f"{run_id}.json")
-            staged_report = self.staging(run_id, "report.json")
-            if self._committed_report(report_key):
-                logger.info("run %s had committed; removing its staging folder", run_id)
-                settled[run_id] = "committed"
-            elif run_id in referenced_runs and self.storage.exists(staged_report):
-                logger.warning("run %s died after its commit point; finishing it", run_id)
-                self.storage.write_bytes(report_key, self.storage.read_bytes(staged_report))
-                settled[run_id] = "committed"
+        while True:
+            tables, data, version = self.read_manifest()
+            referenced = {loc for t in tables.values() for loc in t.all_locations()}
+            settled = {run_id: self._settle(run_id, referenced) for run_id in leftovers}
+            undo = [r for r, outcome in settled.items() if outcome == "rolled back"]
+            if not any(r != only or self.storage.exists(self.staging(r, COMMIT_RECORD)) for r in undo):
+                break
+            self.check_lock()
+            try:  # fence out the runs being undone: their manifest write now fails
+                self.storage.write_if(self.key(MANIFEST_FILE),
+                                      data if data is not None else manifest_document(self.data_source, {}),
+                                      version)
+                break
+            except PreconditionFailed:
+                logger.warning("the manifest changed during recovery; deciding again")
+        for run_id, outcome in settled.items():
+            self.check_lock()
+            if outcome == "committed":
+                staged_report = self.staging(run_id, "report.json")
+                report_key = self.key("_runs", f"{run_id}.json")
+                if not self._committed_report(report_key):
+                    logger.warning("run %s died after its commit point; finishing it", run_id)
+                    self.storage.write_bytes(report_key, self.storage.read_bytes(staged_report))
+                else:
+                    logger.info("run %s had committed; removing its staging folder", run_id)
             else:
                 logger.warning("run %s did not commit; removing what it wrote", run_id)
+                self._delete_own_files(run_id, referenced)
                 self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
-                settled[run_id] = "rolled back"
-        if "rolled back" in settled.values():
-            self._sweep_unreferenced(referenced)
         for run_id in leftovers:
+            self.check_lock()
             self.storage.delete_prefix(self.staging(run_id))
         return settled
+
+    def _settle(self, run_id: str, referenced: set[str]) -> str:
+        """"committed" when the run's report says so, or the manifest references its files and
+        its staged report exists; otherwise "rolled back"."""
+        if self._committed_report(self.key("_runs", f"{run_id}.json")):
+            return "committed"
+        if any(_run_of(loc) == run_id for loc in referenced) and self.storage.exists(
+                self.staging(run_id, "report.json")):
+            return "committed"
+        return "rolled back"
 
     def _committed_report(self, key: str) -> bool:
         if not self.storage.exists(key):
@@ -270,15 +351,25 @@ class Lake:
         except ValueError:
             return False
 
-    def _sweep_unreferenced(self, referenced: set[str]) -> None:
+    def _delete_own_files(self, run_id: str, referenced: set[str]) -> None:
+        """Delete the unreferenced data files of a rolled-back run: those its commit record
+        lists, and any other file below a table folder named after the run (a move that landed
+        after the record was lost). Foreign files never match."""
+        doomed: set[str] = set()
+        record_key = self.staging(run_id, COMMIT_RECORD)
+        if self.storage.exists(record_key):
+            doomed.update(json.loads(self.storage.read_bytes(record_key))["locations"])
         prefix = self.key()
         for obj in self.storage.list(prefix):
             rel = obj.key[len(prefix) + 1:]
-            if rel.startswith("_") or not rel.endswith(".parquet"):
+            if rel.startswith("_"):
                 continue
-            if rel not in referenced:
-                logger.warning("deleting unreferenced file %s", rel)
-                self.storage.delete(obj.key)
+            found = _OWN_FILE.match(rel.rsplit("/", 1)[-1])
+            if found and found["run"] == run_id and rel.split("/", 1)[0] == found["table"]:
+                doomed.add(rel)
+        for rel in sorted(doomed - referenced):
+            logger.warning("deleting %s (written by run %s, which did not commit)", rel, run_id)
+            self.storage.delete(self.key(rel))
 
     # -- committing --------------------------------------------------------------------------
 
@@ -307,7 +398,10 @@ class Lake:
         """Publish a run's staged output; returns the report as written (status committed).
 
         ``files``: [{"staged": key, "location": relative location, "kind": "full"|"incremental",
-        "table": name}, ...] as :meth:`locate` returns them.
+        "table": name}, ...] as :meth:`locate` returns them. Raises :class:`CommitLost` when
+        the lock was lost or another run committed since :meth:`read_state` (nothing of this
+        run becomes visible), :class:`CommitUnfinished` when the commit is visible but a later
+        step failed, :class:`CommitUnknown` when that can't be told.
         """
         report = dict(report, status="committed")
         if dead_letter_keys:
@@ -315,32 +409,98 @@ class Lake:
         report["partitions_written"] = sorted(f["location"] for f in files)
         report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
         failpoint("before_commit")
+        self._check_fence()
+        tables, _data, version = self.read_manifest()
+        if version != self.planned_version:
+            raise CommitLost(f"another run committed to data source {self.data_source!r} since this "
+                             "run read it; nothing of this run was committed (run it again)")
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
         if dead_letter_keys:
+            self._check_fence()
             self._publish_dead_letters(run_id, dead_letter_keys)
         failpoint("after_dead_letters")
+        if files:
+            record = {"run_id": run_id, "locations": sorted(f["location"] for f in files)}
+            self.storage.write_bytes(self.staging(run_id, COMMIT_RECORD), json.dumps(record).encode("utf-8"))
         for i, f in enumerate(files):
+            self._check_fence()
             self.storage.move(f["staged"], self.key(f["location"]))
             if i == 0:
                 failpoint("after_first_move")
         failpoint("after_moves")
         if files:
-            tables = self.read_tables()
-            for name, columns in table_columns.items():
-                doc = entity_document(name, columns)
-                doc_key = self.key(f"{name}.cdm.json")
-                if not self.storage.exists(doc_key) or self.storage.read_bytes(doc_key) != doc:
-                    self.storage.write_bytes(doc_key, doc)
-                tables.setdefault(name, TableState(name))
+            self._write_entity_documents(tables, table_columns)
             for f in files:
                 held = tables[f["table"]]
                 (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
-            self.storage.write_bytes(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables))
+            self._check_fence()
+            failpoint("before_manifest")
+            self._write_manifest(tables, version, [f["location"] for f in files])
         failpoint("after_manifest")
-        self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)
-        failpoint("after_report")
-        self.storage.delete_prefix(self.staging(run_id))
+        try:
+            if not files:
+                self._check_fence()  # a run without data commits with its report
+            self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)
+            failpoint("after_report")
+            self.storage.delete_prefix(self.staging(run_id))
+        except StorageError as exc:
+            if not files:
+                raise
+            raise CommitUnfinished(f"the run committed (its data is visible), but finishing it failed: "
+                                   f"{exc}; the next run completes it") from exc
         return report
+
+    def _check_fence(self) -> None:
+        try:
+            self.check_lock()
+        except LockLost as exc:
+            raise CommitLost(f"{exc}; nothing of this run was committed, and nothing of other runs "
+                             "was touched") from exc
+
+    def _write_entity_documents(self, tables: dict[str, TableState],
+                                table_columns: dict[str, tuple[Column, ...]]) -> None:
+        for name, columns in table_columns.items():
+            doc = entity_document(name, columns)
+            doc_key = self.key(f"{name}.cdm.json")
+            if not self.storage.exists(doc_key) or self.storage.read_bytes(doc_key) != doc:
+                self._check_fence()
+                self.storage.write_bytes(doc_key, doc)
+            tables.setdefault(name, TableState(name))
+
+    def _write_manifest(self, tables: dict[str, TableState], version: str | None, mine: list[str]) -> None:
+        """The commit point: one conditional write. When the storage fails around it, ask the
+        manifest whether this run's files made it, and say so truthfully."""
+        try:
+            self.storage.write_if(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables), version)
+            return
+        except PreconditionFailed as exc:
+            failure: StorageError = exc
+        except StorageError as exc:
+            failure = exc
+        visible = self._visible(mine)
+        if visible:
+            logger.warning("the manifest write reported %s, but this run's files are listed: committed",
+                           failure)
+            return
+        if visible is None:
+            raise CommitUnknown(f"the commit point failed ({failure}) and the manifest can't be read "
+                                "to tell whether this run is visible; the next run settles it") from failure
+        if isinstance(failure, PreconditionFailed):
+            raise CommitLost(f"{failure}; nothing of this run was committed (run it again)") from failure
+        raise failure
+
+    def _visible(self, locations: list[str]) -> bool | None:
+        """Whether the manifest now lists all of ``locations``; None when it can't be read."""
+        for attempt in range(3):
+            try:
+                tables = self.read_tables()
+            except StorageError as exc:
+                logger.warning("cannot read the manifest to check the commit (attempt %d): %s", attempt + 1, exc)
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            referenced = {loc for t in tables.values() for loc in t.all_locations()}
+            return set(locations) <= referenced
+        return None
 
     def _publish_dead_letters(self, run_id: str, keys: Iterable[str]) -> None:
         """Concatenate the staged gzip members into one file (a valid multi-member gzip)."""
@@ -348,26 +508,66 @@ class Lake:
             for key in sorted(keys):
                 out.write(self.storage.read_bytes(key))
 
-    def record_failure(self, run_id: str, report: dict) -> None:
+    def record_failure(self, run_id: str, report: dict) -> str | None:
         """Settle a failed run like a dead one (a commit that got past the manifest is finished,
-        anything else undone, orphans swept) and, unless it had committed, report why it failed."""
+        anything else undone) and, unless it had committed, report why it failed. Returns
+        "committed" or "rolled back"; None when the lock was lost: such a run touches nothing,
+        the next run settles it."""
+        try:
+            self.check_lock()
+        except LockLost as exc:
+            logger.error("%s; leaving this run's leftovers to the next run", exc)
+            return None
         if self.recover(only=run_id).get(run_id) == "committed":
-            return
+            return "committed"
         data = dict(report, status="failed")
         self.storage.write_bytes(
             self.key("_runs", f"{run_id}.json"),
             (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"),
         )
+        return "rolled back"
 
 
 def encode_dead_letters(records: Iterable[dict]) -> bytes:
-    """Dead-letter records as JSON lines (UTF-8; invalid input bytes kept as escaped surrogates)."""
+    """Dead-letter records as JSON lines every JSON reader loads (DuckDB, Spark, jq): valid UTF-8,
+    no lone surrogates, no NaN/Infinity literals."""
     return b"".join(_json_line(r) for r in records)
 
 
 def _json_line(record: dict) -> bytes:
-    text = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+    """One dead letter as a line of strict JSON in valid UTF-8.
+
+    Lone surrogates (invalid input bytes read with ``surrogateescape``) become U+FFFD in every key
+    and string; when ``payload`` held some and no ``payload_base64`` came with it, the bytes they
+    stood for are added there, so they stay recoverable. Non-finite floats (an Avro NaN) are
+    written as the strings "NaN", "Infinity" and "-Infinity".
+    """
     try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # invalid UTF-8 kept as escaped surrogates: still valid JSON
-        return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
+        return (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        pass  # the rare record with lone surrogates or non-finite floats: cleaned below
+    import base64
+
+    def raw(text: str) -> bytes:
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:  # a surrogate outside surrogateescape's range: its CESU bytes
+            return b"".join(bytes([ord(ch) - 0xDC00]) if "\udc80" <= ch <= "\udcff"
+                            else ch.encode("utf-8", errors="surrogatepass") for ch in text)
+
+    def clean(value):
+        if isinstance(value, str):
+            return raw(value).decode("utf-8", errors="replace") if re.search("[\ud800-\udfff]", value) else value
+        if isinstance(value, float) and not -float("inf") < value < float("inf"):
+            return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    cleaned = clean(record)
+    payload = record.get("payload")
+    if isinstance(payload, str) and "payload_base64" not in record and cleaned["payload"] != payload:
+        cleaned["payload_base64"] = base64.b64encode(raw(payload)).decode("ascii")
+    return (json.dumps(cleaned, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")

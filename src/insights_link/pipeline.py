@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -26,16 +27,36 @@ from insights_link.contract import (
     DEFAULT_ACTIVITY_NAME,
     DEFAULT_ACTIVITY_TYPE,
     DEFAULT_DATA_SOURCE,
+    MAX_NAME_LENGTH,
     REASONS,
     ContractError,
     activity_columns,
     check_name,
 )
+from insights_link.errors import (
+    CommitStateUnknown,
+    CommittedWithErrors,
+    DataSourceBusy,
+    GrantFailed,
+    RunFailed,
+    TooManyRejected,
+    UsageError,
+)
 from insights_link.inputs import DEFAULT_BLOCK_RECORDS, FORMATS, InputError, InputFile, resolve_inputs
 from insights_link.jobfile import Job, JobFileError, load_job
-from insights_link.lake import LAYOUTS, Lake, LakeBusy, LakeState, input_key
+from insights_link.lake import (
+    LAYOUTS,
+    CommitLost,
+    CommitUnfinished,
+    CommitUnknown,
+    Lake,
+    LakeBusy,
+    LakeState,
+    input_key,
+)
+from insights_link.lifecycle import mark_launcher
 from insights_link.records import parse_timestamp
-from insights_link.storage import StorageError, is_remote, open_storage
+from insights_link.storage import LockLost, StorageError, is_remote, open_storage
 from insights_link.transforms import COUNTS, ExportActivities, counter_totals, empty_counts, empty_outcome
 
 logger = logging.getLogger(__name__)
@@ -43,27 +64,6 @@ logger = logging.getLogger(__name__)
 #: Rows per Parquet file: ~150 bytes a row compressed puts 2M rows near 300 MB (16 MB-1 GB aim).
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000
 DEFAULT_LOCK_WAIT = 60.0
-
-
-class UsageError(ValueError):
-    """A bad command line or configuration; the message names the bad value (exit code 2)."""
-
-
-class RunFailed(RuntimeError):
-    """The run could not complete; nothing was committed (exit code 1)."""
-
-
-class GrantFailed(RuntimeError):
-    """The run committed, but ``--grant-read`` could not set the ACLs (exit code 1); re-running
-    with the same options grants again (committed inputs are skipped)."""
-
-
-class TooManyRejected(RunFailed):
-    """More than ``--max-rejected-ratio`` of the records were rejected (exit code 3)."""
-
-
-class DataSourceBusy(RunFailed):
-    """Another run held the data source's lock for longer than ``--lock-wait`` (exit code 4)."""
 
 
 # Our options, defined once: for Beam's PipelineOptions (so Beam knows them) and for finding
@@ -216,7 +216,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
     if not is_remote(output):
         output = os.path.abspath(os.path.expanduser(output))  # workers may run in another folder
     try:
-        data_source = check_name(settings.get("data_source") or DEFAULT_DATA_SOURCE, "--data-source")
+        data_source = check_name(_given_or(settings, "data_source", DEFAULT_DATA_SOURCE), "--data-source")
         for a in activities:
             check_name(a.name, "--activity-name")
             activity_columns(a.properties)
@@ -242,9 +242,11 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
     if since and until and since >= until:
         raise UsageError(f"--since {settings['since']} is not before --until {settings['until']}")
     run_time = _time_option(settings.get("run_time"), "--run-time") or now
-    run_id = settings.get("run_id") or f"{run_time:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:8]}"
-    if not all(ch.isalnum() or ch in "_-" for ch in run_id):
-        raise UsageError(f"--run-id {run_id!r} may hold only letters, digits, '_' and '-'")
+    run_id = _given_or(settings, "run_id", f"{run_time:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:8]}")
+    if not run_id or len(run_id) > MAX_NAME_LENGTH or not all(
+            ch.isascii() and (ch.isalnum() or ch in "_-") for ch in run_id):
+        raise UsageError(f"--run-id {run_id[:40]!r} must be 1 to {MAX_NAME_LENGTH} ASCII letters, digits, "
+                         "'_' or '-'")
     lock_wait = settings.get("lock_wait")
     config = RunConfig(
         output=output, data_source=data_source, activities=activities, run_id=run_id,
@@ -257,6 +259,12 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         clock_fixed=settings.get("run_time") is not None,
     )
     return config, PipelineOptions(beam_args)
+
+
+def _given_or(settings: dict, key: str, default: str) -> str:
+    """A setting's value when given (even empty, which is then refused), else the default."""
+    value = settings.get(key)
+    return default if value is None else str(value)
 
 
 def _activities(job: Job | None, given: dict) -> list[ActivityConfig]:
@@ -308,8 +316,10 @@ def check_output(output: str) -> None:
 
 
 def fingerprint(f: InputFile) -> str:
-    """An input's identity across runs: location, size and modification time."""
-    return f"{f.source}|{f.size}|{f.modified}"
+    """An input's identity across runs: location, size, modification time and the storage's
+    version (local inode and ctime, Azure ETag), which changes on every rewrite even when size
+    and mtime are restored (``cp -p``, ``touch -r``)."""
+    return f"{f.source}|{f.size}|{f.modified}|{f.version}"
 
 
 def plan_inputs(files: list[InputFile], wanted: dict[tuple[str, str], tuple[str, ...]], state: LakeState,
@@ -440,8 +450,20 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         logger.info("committing %d file(s) and %d dead letter(s) to %s", len(located),
                     sum(counts["rejected"].values()), lake.describe())
         report = lake.commit(config.run_id, report, located, outcome["dead_letter_files"], columns)
+    except CommitUnfinished as exc:
+        raise CommittedWithErrors(str(exc)) from exc
+    except CommitUnknown as exc:
+        if _fail(lake, report, config, exc, clock) == "committed":
+            raise CommittedWithErrors(f"{exc}; it has since been found committed") from exc
+        raise CommitStateUnknown(str(exc)) from exc
+    except (CommitLost, LockLost) as exc:
+        _fail(lake, report, config, exc, clock)  # touches nothing once the lock is lost
+        raise RunFailed(str(exc)) from exc
     except (StorageError, RunFailed, OSError) as exc:
         _fail(lake, report, config, exc, clock)
+        raise
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as Interrupted: settle, then stop
+        exc.committed = _fail(lake, report, config, exc, clock) == "committed"  # type: ignore[attr-defined]
         raise
     except Exception as exc:  # a worker error surfaces here wrapped by the runner
         _fail(lake, report, config, exc, clock)
@@ -450,7 +472,7 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         try:
             lake.storage.grant_read(lake.key(), list(config.grant_read))
         except StorageError as exc:
-            raise GrantFailed(str(exc)) from exc
+            raise GrantFailed(f"the run committed, but --grant-read failed (re-run to grant again): {exc}") from exc
     return report
 
 
@@ -468,6 +490,7 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
         | "Export" >> ExportActivities(specs, config.run_id, config.output, config.data_source, existing,
                                        config.block_records, config.max_rows_per_file)
     )
+    mark_launcher()
     result = p.run()
     state_name = result.wait_until_finish()
     if state_name not in (None, "DONE"):
@@ -518,12 +541,18 @@ def _check_rejected_ratio(counts: dict, limit: float | None) -> None:
             f"--max-rejected-ratio {limit:g}; nothing was committed")
 
 
-def _fail(lake: Lake, report: dict, config: RunConfig, exc: BaseException, clock: Clock) -> None:
+def _fail(lake: Lake, report: dict, config: RunConfig, exc: BaseException, clock: Clock) -> str | None:
+    """Settle a failed run (signals held off meanwhile); returns "committed" when it turns out
+    the commit had become visible, "rolled back" when undone, None when left to the next run."""
     report = dict(report, error=_first_line(exc), finished_at=_iso(clock()))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        lake.record_failure(config.run_id, report)
+        return lake.record_failure(config.run_id, report)
     except StorageError as cleanup:
-        logger.warning("could not record the failure: %s", cleanup)
+        logger.warning("could not settle the failed run (the next run will): %s", cleanup)
+        return None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _iso(moment: datetime) -> str:

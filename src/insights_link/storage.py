@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,13 +33,31 @@ class LockBusy(StorageError):
     """Another run holds the lock."""
 
 
+class LockLost(StorageError):
+    """This process no longer holds the lock it took (a lapsed lease, a removed lock file):
+    it must not commit, move or delete anything."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed since the version the writer read."""
+
+
+class LockHandle(Protocol):
+    """A held lock: ``check()`` raises :class:`LockLost` once it can no longer be trusted."""
+
+    def check(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its key, size in bytes and last-modified time (UTC)."""
+    """One stored object: its key, size in bytes and last-modified time (UTC), and a version
+    that changes on every write even when size and mtime are set back (``cp -p``, ``touch -r``):
+    local ``inode:ctime_ns`` (neither can be set back), the ETag on Azure; "" when unknown."""
 
     key: str
     size: int
     modified: datetime
+    version: str = ""
 
 
 class Storage(Protocol):
@@ -77,15 +96,61 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object below a folder key."""
 
-    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and version (None, None when absent). A version changes on every
+        write, even of identical bytes (local: inode and change time; Azure: the ETag)."""
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str:
+        """Write ``data`` only if the object is still at ``version`` (None: only if it does not
+        exist), as one atomic check-and-write; returns the new version. Raises
+        :class:`PreconditionFailed` otherwise. This is the commit point's fence."""
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[LockHandle]:
         """Hold an exclusive lock named by ``key`` for the block, or raise :class:`LockBusy` at
         once. A holder that dies loses the lock by itself (a released file lock, an expiring
-        lease)."""
+        lease). The yielded handle's ``check()`` says whether it is still held."""
 
 
 def join(*parts: str) -> str:
     """Join key parts with '/', ignoring empty parts: ``join("a", "", "b/c") == "a/b/c"``."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def _process_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)  # elsewhere: the classic swap, once per storage object
+    os.umask(current)
+    return current
+
+
+def _local_version(st: os.stat_result) -> str:
+    """A local file's version: ``os.replace`` gives every write a new inode and change time."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class LocalLock:
+    """A held ``flock`` on a lock file; lost when the file at the path is no longer the one
+    locked (removed or replaced: a new file would be a second, independent lock)."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def check(self) -> None:
+        held = os.fstat(self.fd)
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            raise LockLost(f"the lock file {self.path} was removed while this run held it") from None
+        if (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+            raise LockLost(f"the lock file {self.path} was replaced while this run held it")
 
 
 class LocalStorage:
@@ -94,6 +159,7 @@ class LocalStorage:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.url = self.root
+        self._file_mode = 0o666 & ~_process_umask()  # files follow the umask like any tool's
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/")) if key else self.root
@@ -111,7 +177,8 @@ class LocalStorage:
             return None
         if not os.path.isfile(self._path(key)):
             return None
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC))
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC),
+                          f"{st.st_ino}:{st.st_ctime_ns}")
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
@@ -125,7 +192,7 @@ class LocalStorage:
                 rel = os.path.relpath(full, self.root).replace(os.sep, "/")
                 st = os.stat(full)
                 modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
-                found.append(ObjectInfo(rel, st.st_size, modified))
+                found.append(ObjectInfo(rel, st.st_size, modified, f"{st.st_ino}:{st.st_ctime_ns}"))
         return sorted(found, key=lambda o: o.key)
 
     def read_bytes(self, key: str) -> bytes:
@@ -149,6 +216,7 @@ class LocalStorage:
         try:
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            os.fchmod(fd, self._file_mode)  # mkstemp makes 0600 whatever the umask
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
         try:
@@ -161,6 +229,38 @@ class LocalStorage:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read(), _local_version(os.fstat(f.fileno()))
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str:
+        """Check and replace under an exclusive ``flock`` on the object's folder: every
+        conditional writer of that folder takes it, so the check and the write are one step.
+        (A folder, unlike a lock file, can't be removed and recreated under a live lake.)"""
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            try:
+                current = _local_version(os.stat(path))
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise PreconditionFailed(
+                    f"{path} changed since this run read it (another run committed meanwhile)")
+            self.write_bytes(key, data)
+            os.fsync(dir_fd)
+            return _local_version(os.stat(path))
+        finally:
+            os.close(dir_fd)  # closing releases the flock
 
     def move(self, src: str, dst: str) -> None:
         target = self._path(dst)
@@ -175,22 +275,49 @@ class LocalStorage:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """``flock`` on a lock file: the kernel releases it when the holder exits or is killed."""
+    def lock(self, key: str) -> Iterator[LocalLock]:
+        """``flock`` on a lock file: the kernel releases it when the holder exits or is killed.
+
+        The file holds who took it and when (for a waiting run's message). A lock file removed
+        between our open and our flock is retried, so two runs never lock two different files.
+        """
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, self._file_mode)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise LockBusy(f"{path} is locked by another run") from exc
+                os.close(fd)
+                raise LockBusy(f"{path} is locked by another run ({_lock_holder(path)})") from exc
+            handle = LocalLock(path, fd)
             try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                handle.check()
+                break
+            except LockLost:
+                os.close(fd)  # removed between open and flock: lock the new file instead
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+            yield handle
         finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _holder_text() -> str:
+    """Who holds a lock: host, process id and since when (UTC), one line."""
+    since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"held by pid {os.getpid()} on {socket.gethostname()} since {since}"
+
+
+def _lock_holder(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(200).strip() or "holder unknown"
+    except OSError:
+        return "holder unknown"
 
 
 def open_storage(url: str) -> Storage:

@@ -23,6 +23,7 @@ from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
 from insights_link.lake import encode_dead_letters, failpoint, partition_file_name
+from insights_link.lifecycle import exit_with_launcher
 from insights_link.parquet_io import read_ids, read_pieces, write_parquet, write_piece
 from insights_link.storage import join, open_storage
 
@@ -86,6 +87,9 @@ class ReadBlocksFn(beam.DoFn):
     def __init__(self, block_records: int) -> None:
         self.block_records = block_records
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
+
+    def setup(self):
+        exit_with_launcher()
 
     def process(self, element: tuple[InputFile, tuple[str, ...]]):
         f, activities = element
@@ -159,6 +163,7 @@ class SpillPieceFn(beam.DoFn):
         self.run_id = run_id
 
     def setup(self):
+        exit_with_launcher()
         self.storage = open_storage(self.lake_url)
 
     def process(self, element):
@@ -179,6 +184,7 @@ class DedupeFn(beam.DoFn):
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates_dropped")
 
     def setup(self):
+        exit_with_launcher()
         self.storage = open_storage(self.lake_url)
 
     def process(self, element):
@@ -204,6 +210,7 @@ class WriteParquetFn(beam.DoFn):
         self.files = Metrics.counter(NAMESPACE, "files_written")
 
     def setup(self):
+        exit_with_launcher()
         self.storage = open_storage(self.lake_url)
         self.schemas = {name: spec.schema() for name, spec in self.specs.items()}
 
@@ -231,6 +238,7 @@ class WriteDeadLettersFn(beam.DoFn):
         self.dead_lettered = Metrics.counter(NAMESPACE, "dead_lettered")
 
     def setup(self):
+        exit_with_launcher()
         self.storage = open_storage(self.lake_url)
 
     def process(self, element):

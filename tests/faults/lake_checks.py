@@ -1,0 +1,70 @@
+"""Invariants every fault test checks on a data source, local or on Azurite, read back with the
+tool's own storage layer and pyarrow: every file the manifest lists exists and is readable, no
+ActivityId twice, and no Parquet file the exporter wrote is left unreferenced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insights_link.storage import open_storage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def committed_ids(lake_url: str, data_source: str = "EngagementInsights") -> list[str]:
+    """Every ActivityId the manifest references (sorted, duplicates kept), after checking that
+    each listed file exists and that no exporter-written Parquet file is unreferenced."""
+    storage = open_storage(lake_url)
+    manifest_key = f"{data_source}/default.manifest.cdm.json"
+    if not storage.exists(manifest_key):
+        return []
+    doc = json.loads(storage.read_bytes(manifest_key))
+    listed = sorted(p["location"] for e in doc["entities"]
+                    for p in e["dataPartitions"] + e.get("incrementalPartitions", []))
+    on_disk = sorted(o.key[len(data_source) + 1:] for o in storage.list(data_source)
+                     if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(data_source) + 1:])
+    missing = sorted(set(listed) - set(on_disk))
+    assert not missing, f"the manifest lists files that do not exist: {missing}"
+    assert on_disk == listed, f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
+    ids: list[str] = []
+    for location in listed:
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(f"{data_source}/{location}")))
+        ids.extend(table["ActivityId"].to_pylist())
+    return sorted(ids)
+
+
+def start_export(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``insights-link export`` as a background process (stdout/stderr captured as text)."""
+    return subprocess.Popen([sys.executable, "-m", "insights_link.cli", "export", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})), cwd=REPO)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until a failpoint's pause file appears (the run reached that step) or the run ends."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before its pause point:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the run did not reach its pause point within {timeout} s")
+        time.sleep(0.05)
+
+
+def freeze(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGSTOP)
+
+
+def thaw(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGCONT)
