@@ -18,6 +18,8 @@ import signal
 import sys
 from datetime import UTC, datetime
 
+from insights_link import lifecycle
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -74,6 +76,8 @@ class _QuietDependencies(logging.Filter):
             return True
         if record.levelno < logging.WARNING:
             return False
+        if lifecycle.received_signal is not None and record.name.startswith("apache_beam"):
+            return False  # the interrupted DoFn's traceback: the run's one line says it all
         if record.exc_info and _storage_failure(record.exc_info[1]):
             # Beam logs a failing DoFn with its traceback; a storage failure is already one
             # clear line (and the run's final line), so keep just the message.
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from insights_link.pipeline import run
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = {signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         report = run(argv[1:])
     except UsageError as exc:
@@ -176,19 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(log_format, 128 + signum,
                        f"insights-link: interrupted by {signal.Signals(signum).name}: {settled}", "interrupted")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if log_format == "json":
         print(json.dumps(report, sort_keys=True))
     else:
         print(summary_text(report))
     return EXIT_OK
-
-
-def _raise_interrupted(signum: int, _frame) -> None:
-    """SIGTERM ends a run like Ctrl-C: the run settles what it wrote, then exits 143."""
-    from insights_link.errors import Interrupted
-
-    raise Interrupted(signum)
 
 
 def _failed(log_format: str, code: int, message: str, status: str) -> int:

@@ -24,6 +24,7 @@ references its files, and back otherwise, deleting every unreferenced Parquet fi
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -144,10 +145,6 @@ def date_of_partition(location: str) -> str | None:
     if name.startswith(table + "_") and digits.isdigit():
         return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
     return None
-
-
-#: A dead run's Parquet file name: ``<Table>_<yyyymmdd>_<run>_<nnn>.parquet``.
-_OWN_FILE = re.compile(r"^(?P<table>[A-Za-z][A-Za-z0-9_]*)_(?P<date>\d{8})_(?P<run>[A-Za-z0-9_-]+)_\d{3}\.parquet$")
 
 
 @dataclass
@@ -288,8 +285,8 @@ class Lake:
         its report); any other is rolled back. Before deleting anything of a run that may still
         be alive (stalled, or its commit request still in flight), the manifest is rewritten
         conditionally, so that run's commit can no longer succeed. Only the rolled-back runs'
-        own files are deleted: the ones their commit record lists and the ones named after them;
-        nothing else under the data source is touched. Staging folders go last, so a kill in
+        own files are deleted, the ones their commit record lists; nothing else under the data
+        source is touched. Staging folders go last, so a kill in
         here is retried by the next run.
         """
         self.check_lock()
@@ -352,23 +349,15 @@ class Lake:
             return False
 
     def _delete_own_files(self, run_id: str, referenced: set[str]) -> None:
-        """Delete the unreferenced data files of a rolled-back run: those its commit record
-        lists, and any other file below a table folder named after the run (a move that landed
-        after the record was lost). Foreign files never match."""
-        doomed: set[str] = set()
+        """Delete the unreferenced data files of a rolled-back run: exactly those its commit
+        record (written before its first move) lists. Nothing else is ever deleted, so a user's
+        files under the data source are safe whatever their names."""
         record_key = self.staging(run_id, COMMIT_RECORD)
-        if self.storage.exists(record_key):
-            doomed.update(json.loads(self.storage.read_bytes(record_key))["locations"])
-        prefix = self.key()
-        for obj in self.storage.list(prefix):
-            rel = obj.key[len(prefix) + 1:]
-            if rel.startswith("_"):
-                continue
-            found = _OWN_FILE.match(rel.rsplit("/", 1)[-1])
-            if found and found["run"] == run_id and rel.split("/", 1)[0] == found["table"]:
-                doomed.add(rel)
-        for rel in sorted(doomed - referenced):
+        if not self.storage.exists(record_key):
+            return  # it never moved a file out of staging
+        for rel in sorted(set(json.loads(self.storage.read_bytes(record_key))["locations"]) - referenced):
             logger.warning("deleting %s (written by run %s, which did not commit)", rel, run_id)
+            self.check_lock()
             self.storage.delete(self.key(rel))
 
     # -- committing --------------------------------------------------------------------------
@@ -546,8 +535,6 @@ def _json_line(record: dict) -> bytes:
         return (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     except (UnicodeEncodeError, ValueError):
         pass  # the rare record with lone surrogates or non-finite floats: cleaned below
-    import base64
-
     def raw(text: str) -> bytes:
         try:
             return text.encode("utf-8", errors="surrogateescape")

@@ -17,6 +17,9 @@ import threading
 logger = logging.getLogger(__name__)
 
 LAUNCHER_ENV = "INSIGHTS_LINK_LAUNCHER"
+#: The SIGINT/SIGTERM this launcher received, if any: Beam re-wraps exceptions raised inside a
+#: DoFn, so the run asks this instead of trusting the exception's type.
+received_signal: int | None = None
 POLL_SECONDS = 1.0
 _watching = threading.Lock()
 _started = False
@@ -43,6 +46,15 @@ def _alive(pid: int, started: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def interrupt(signum: int, _frame: object = None) -> None:
+    """Signal handler for the launcher: remember the signal and stop the run like Ctrl-C."""
+    global received_signal
+    from insights_link.errors import Interrupted
+
+    received_signal = signum
+    raise Interrupted(signum)
 
 
 def mark_launcher() -> None:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
+from insights_link import lifecycle
 from insights_link.batch import ActivitySpec
 from insights_link.contract import (
     DEFAULT_ACTIVITY_NAME,
@@ -38,6 +39,7 @@ from insights_link.errors import (
     CommittedWithErrors,
     DataSourceBusy,
     GrantFailed,
+    Interrupted,
     RunFailed,
     TooManyRejected,
     UsageError,
@@ -466,7 +468,11 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         exc.committed = _fail(lake, report, config, exc, clock) == "committed"  # type: ignore[attr-defined]
         raise
     except Exception as exc:  # a worker error surfaces here wrapped by the runner
-        _fail(lake, report, config, exc, clock)
+        settled = _fail(lake, report, config, exc, clock)
+        if lifecycle.received_signal is not None:  # a signal raised inside a DoFn, re-wrapped
+            interrupted = Interrupted(lifecycle.received_signal)
+            interrupted.committed = settled == "committed"  # type: ignore[attr-defined]
+            raise interrupted from exc
         raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
     if config.grant_read:
         try:

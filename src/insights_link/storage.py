@@ -225,9 +225,11 @@ class LocalStorage:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno is not None:  # disk full, permissions...
+                raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
             raise
 
     def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:

@@ -23,10 +23,15 @@ HOLD_LIMIT_SECONDS = 600.0  # a safety net: a test that forgets to release can't
 
 
 class StallProxy:
-    """Forward ``127.0.0.1:<port>`` to ``upstream``; stall after ``trigger`` is seen."""
+    """Forward ``127.0.0.1:<port>`` to ``upstream``; stall after ``trigger`` is seen.
 
-    def __init__(self, upstream_port: int, trigger: bytes) -> None:
+    With ``drop_response=True`` the matching request goes through unhindered but its response
+    is swallowed and the connection cut: the write happened, the writer can't know it.
+    """
+
+    def __init__(self, upstream_port: int, trigger: bytes, drop_response: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.drop_response = drop_response
         self.trigger = re.compile(trigger)
         self.triggered = threading.Event()
         self._released = threading.Event()
@@ -61,10 +66,12 @@ class StallProxy:
                 return
             upstream = socket.create_connection((HOST, self.upstream_port))
             self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            connection: dict[str, bool] = {}
+            for args in ((client, upstream, True, connection), (upstream, client, False, connection)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool,
+              connection: dict[str, bool]) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -72,9 +79,14 @@ class StallProxy:
                     break
                 if from_client:
                     if not self.triggered.is_set() and self.trigger.search(data):
+                        connection["matched"] = True
                         self.triggered.set()
-                    if self.triggered.is_set():
+                    if self.triggered.is_set() and not self.drop_response:
                         self._released.wait(HOLD_LIMIT_SECONDS)
+                elif connection.get("matched"):  # swallow the response and cut the connection
+                    source.close()
+                    target.close()
+                    return
                 target.sendall(data)
         except OSError:
             pass
