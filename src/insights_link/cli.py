@@ -57,6 +57,9 @@ def summary_text(report: dict) -> str:
             lines.append(f"  table {name}: {counts['activities_written']} written, "
                          f"{counts['duplicates_dropped']} duplicates, {sum(counts['rejected'].values())} "
                          f"rejected, {counts['filtered_out']} filtered out")
+    for broken in report.get("unreadable_inputs", []):
+        lines.append(f"  UNREADABLE input:    {broken['source']} (after position {broken['position'] - 1}; "
+                     "its rest is one malformed dead letter)")
     skipped = [i["source"] for i in report.get("inputs", []) if i.get("status") == "skipped"]
     if skipped:
         lines.append(f"  inputs skipped (committed earlier, use --reprocess): {len(skipped)}")

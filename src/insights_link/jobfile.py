@@ -51,7 +51,7 @@ class Job:
 _STR, _NUM, _BOOL, _STRS = "a string", "a number", "true or false", "a list of strings"
 RUN_KEYS: dict[str, str] = {
     "output": _STR, "data_source": _STR, "layout": _STR, "input_format": _STR, "reprocess": _BOOL,
-    "since": _STR, "until": _STR, "max_rejected_ratio": _NUM, "grant_read": _STRS, "lock_wait": _NUM,
+    "since": _STR, "until": _STR, "max_rejected_ratio": _NUM, "fail_on_unreadable": _BOOL, "grant_read": _STRS, "lock_wait": _NUM,
     "max_rows_per_file": _NUM, "pipeline_options": _STRS, "activity": "a list of [[activity]] tables",
 }
 ACTIVITY_KEYS: dict[str, str] = {

@@ -86,6 +86,8 @@ _OPTIONS: list[tuple[str, dict]] = [
     ("--layout", {"choices": LAYOUTS, "help": "full (default) or incremental"}),
     ("--since", {"help": "keep activities at or after this ISO 8601 time"}),
     ("--until", {"help": "keep activities before this ISO 8601 time"}),
+    ("--fail-on-unreadable", {"dest": "fail_on_unreadable", "action": "store_true",
+                              "help": "fail (exit 3) when an input file can't be read to its end"}),
     ("--max-rejected-ratio", {"dest": "max_rejected_ratio", "type": float,
                               "help": "fail (exit 3) when a larger share of records is rejected"}),
     ("--grant-read", {"dest": "grant_read", "action": "append",
@@ -152,6 +154,7 @@ class RunConfig:
     since: datetime | None = None
     until: datetime | None = None
     max_rejected_ratio: float | None = None
+    fail_on_unreadable: bool = False
     grant_read: tuple[str, ...] = ()
     lock_wait: float = DEFAULT_LOCK_WAIT
     log_format: str = "text"
@@ -254,6 +257,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         output=output, data_source=data_source, activities=activities, run_id=run_id,
         run_time=run_time, input_format=input_format, reprocess=bool(settings.get("reprocess")),
         layout=layout, since=since, until=until, max_rejected_ratio=ratio,
+        fail_on_unreadable=bool(settings.get("fail_on_unreadable")),
         grant_read=tuple(settings.get("grant_read") or ()),
         lock_wait=DEFAULT_LOCK_WAIT if lock_wait is None else float(lock_wait),
         log_format=settings.get("log_format") or "text", max_rows_per_file=max_rows,
@@ -444,8 +448,10 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         outcome = _run_pipeline(config, options, lake, state, specs, work)
         counts = _counts(outcome, specs)
         report.update(counts)
+        report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
         _check_balance(counts)
         _check_rejected_ratio(counts, config.max_rejected_ratio)
+        _check_unreadable(report["unreadable_inputs"], config.fail_on_unreadable)
         finished = clock()
         report["finished_at"] = _iso(finished)
         located = lake.locate(outcome["files"], config.layout, finished)
@@ -529,6 +535,14 @@ def _check_balance(counts: dict) -> None:
         if accounted != c["records_read"]:
             raise RunFailed(f"records of {name} do not balance: read {c['records_read']}, "
                             f"accounted for {accounted}")
+
+
+def _check_unreadable(unreadable: list[dict], fail: bool) -> None:
+    """With ``--fail-on-unreadable``, a file that could not be read to its end fails the run."""
+    if fail and unreadable:
+        names = ", ".join(sorted({u["source"] for u in unreadable}))
+        raise TooManyRejected(f"{len(unreadable)} input file(s) could not be read to their end ({names}) "
+                              "and --fail-on-unreadable is set; nothing was committed")
 
 
 def _check_rejected_ratio(counts: dict, limit: float | None) -> None:

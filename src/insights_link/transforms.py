@@ -44,7 +44,7 @@ def empty_counts() -> dict:
 
 def empty_outcome() -> dict:
     """The run's merged bookkeeping: counts per table and the staged files."""
-    return {"tables": {}, "files": [], "dead_letter_files": []}
+    return {"tables": {}, "files": [], "dead_letter_files": [], "unreadable_inputs": []}
 
 
 class MergeOutcomes(beam.CombineFn):
@@ -66,6 +66,7 @@ class MergeOutcomes(beam.CombineFn):
                 total["rejected"][reason] = total["rejected"].get(reason, 0) + count
         acc["files"].extend(item.get("files", []))
         acc["dead_letter_files"].extend(item.get("dead_letter_files", []))
+        acc["unreadable_inputs"].extend(item.get("unreadable_inputs", []))
         return acc
 
     def merge_accumulators(self, accumulators):
@@ -77,6 +78,7 @@ class MergeOutcomes(beam.CombineFn):
     def extract_output(self, acc):
         acc["files"].sort(key=lambda f: f["staged"])
         acc["dead_letter_files"].sort()
+        acc["unreadable_inputs"].sort(key=lambda u: (u["source"], u["position"]))
         return acc
 
 
@@ -116,6 +118,7 @@ class ValidateBlockFn(beam.DoFn):
         self.valid = Metrics.counter(NAMESPACE, "records_valid")
         self.filtered = Metrics.counter(NAMESPACE, "filtered_out")
         self.rejected = {r: Metrics.counter(NAMESPACE, f"rejected_{r}") for r in REASONS}
+        self.unreadable = Metrics.counter(NAMESPACE, "unreadable_inputs")
 
     def process(self, block: RawBlock):
         tables: dict[str, dict] = {}
@@ -144,7 +147,12 @@ class ValidateBlockFn(beam.DoFn):
                 dead.append(letter)
             for day, rows in split_by_date(result.table).items():
                 yield (name, day), (block.rank, block.index, rows)
-        yield pvalue.TaggedOutput(TALLIES, {"tables": tables})
+        tally: dict = {"tables": tables}
+        if block.unreadable:  # named in the report and summary, not only counted as malformed
+            position, detail = block.unreadable
+            tally["unreadable_inputs"] = [{"source": block.source, "position": position, "detail": detail}]
+            self.unreadable.inc()
+        yield pvalue.TaggedOutput(TALLIES, tally)
         if dead:
             # Encoded here: a payload may hold invalid UTF-8 that no Beam coder carries as text.
             yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(dead), encode_dead_letters(dead)))
