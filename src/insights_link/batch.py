@@ -138,7 +138,11 @@ def original_bytes(block: RawBlock, i: int) -> bytes | None:
 
 
 def decode(block: RawBlock, i: int) -> dict | Rejection:
-    """Decode record ``i`` of ``block`` with the reference decoders."""
+    """Decode record ``i`` of ``block`` with the reference decoders; a record the reader already
+    found malformed (over the size limit, a CSV line that breaks quoting) keeps its reader's
+    detail."""
+    if i in block.malformed:
+        return Rejection("malformed", block.malformed[i])
     raw = block.payloads[i]
     if block.fmt == "jsonl":
         return decode_json_bytes(raw)

@@ -184,7 +184,8 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
         return BlockResult(fast_table, [], n, filtered)
     rest = RawBlock(block.source, block.rank, block.index, block.fmt,
                     [block.positions[k] for k in slow_idx], [block.payloads[k] for k in slow_idx],
-                    unreadable=block.unreadable)
+                    unreadable=block.unreadable,
+                    malformed={j: block.malformed[k] for j, k in enumerate(slow_idx) if k in block.malformed})
     slow = process_block_reference(rest, spec)
     table = pa.concat_tables([fast_table, slow.table]) if slow.table.num_rows else fast_table
     return BlockResult(table, slow.dead_letters, m + filtered + slow.records_read,

@@ -25,6 +25,8 @@ references its files, and back otherwise, deleting every unreferenced Parquet fi
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import json
 import logging
 import os
@@ -256,9 +258,11 @@ class Lake:
         and the few new reports, not every report ever written. Call under the lock.
         """
         index_key = self.key("_state", INDEX_FILE)
-        index = {"runs": [], "inputs": {}}
+        index: dict = {"runs": [], "inputs": {}, "dead_letters": {}}
         if self.storage.exists(index_key):
-            index = json.loads(self.storage.read_bytes(index_key))
+            cached = json.loads(self.storage.read_bytes(index_key))
+            if "dead_letters" in cached:  # an index from before dead letters were tracked: rebuild
+                index = cached
         known = set(index["runs"])
         new = [obj.key for obj in self.storage.list(self.key("_runs"))
                if obj.key.endswith(".json") and obj.key.rsplit("/", 1)[-1][:-5] not in known]
@@ -270,10 +274,31 @@ class Lake:
                     if entry.get("status") == "processed":
                         for table in entry.get("activities", report.get("tables", [])):
                             index["inputs"][input_key(table, entry["fingerprint"])] = report["run_id"]
+                        if report.get("dead_letters"):
+                            runs = index["dead_letters"].setdefault(entry["source"], [])
+                            runs.append(report["run_id"])
+        self._dead_letter_runs = index["dead_letters"]
         if new:
             index["runs"].sort()
             self.storage.write_bytes(index_key, json.dumps(index, sort_keys=True).encode("utf-8"))
         return index["inputs"]
+
+    def recorded_dead_letters(self, sources: Iterable[str]) -> set[tuple]:
+        """Keys (:func:`dead_letter_key`) of the dead letters committed runs already wrote for
+        records of these input files, so re-reading a file (``--reprocess``, or a file that grew)
+        does not dead-letter the same record twice. Call after :meth:`committed_inputs`."""
+        wanted = set(sources)
+        runs = sorted({r for source in wanted for r in getattr(self, "_dead_letter_runs", {}).get(source, [])})
+        keys: set[tuple] = set()
+        for run_id in runs:
+            key = self.key("_deadletter", f"{run_id}.jsonl.gz")
+            if not self.storage.exists(key):
+                continue
+            for line in gzip.decompress(self.storage.read_bytes(key)).splitlines():
+                letter = json.loads(line)
+                if letter.get("source") in wanted:
+                    keys.add(dead_letter_key(letter))
+        return keys
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -515,6 +540,16 @@ class Lake:
             (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"),
         )
         return "rolled back"
+
+
+def dead_letter_key(letter: dict) -> tuple:
+    """A dead letter's identity across runs: where it was read, why, for which activity, and
+    what it held (hashed). Computed on the published form, so a letter read back from the lake
+    and the same letter about to be written get the same key."""
+    clean = json.loads(_json_line(letter))
+    body = json.dumps([clean.get("payload"), clean.get("payload_base64")], sort_keys=True)
+    return (clean.get("source"), clean.get("position"), clean.get("reason"), clean.get("activity"),
+            hashlib.sha256(body.encode("utf-8")).hexdigest())
 
 
 def encode_dead_letters(records: Iterable[dict]) -> bytes:

@@ -9,6 +9,7 @@ the rejected ratio -> commit -> report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -429,7 +430,7 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
                 f"{[c.name for c in cols]} (Customer Insights rejects a changed column set)")
     all_files = sorted({(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
                        key=lambda f: (f.root, f.key))
-    all_files = [InputFile(f.root, f.key, f.fmt, f.size, f.modified, rank) for rank, f in enumerate(all_files)]
+    all_files = [dataclasses.replace(f, rank=rank) for rank, f in enumerate(all_files)]
     wanted: dict[tuple[str, str], tuple[str, ...]] = {}
     for name, fs in files_by_activity.items():
         for f in fs:
@@ -495,12 +496,13 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # DirectRunner tries GitHub first
     existing = existing_partitions(lake, state, list(specs))
+    recorded = frozenset(lake.recorded_dead_letters(f.source for f, _ in work))
     p = beam.Pipeline(options=options)
     _ = (
         p
         | "Inputs" >> beam.Create(work)
         | "Export" >> ExportActivities(specs, config.run_id, config.output, config.data_source, existing,
-                                       config.block_records, config.max_rows_per_file)
+                                       config.block_records, config.max_rows_per_file, recorded)
     )
     mark_launcher()
     result = p.run()

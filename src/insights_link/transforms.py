@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
 from insights_link.contract import REASONS
 from insights_link.inputs import InputFile, RawBlock, read_blocks
-from insights_link.lake import encode_dead_letters, failpoint, partition_file_name
+from insights_link.lake import dead_letter_key, encode_dead_letters, failpoint, partition_file_name
 from insights_link.lifecycle import exit_with_launcher
 from insights_link.parquet_io import read_ids, read_pieces, write_parquet, write_piece
 from insights_link.storage import join, open_storage
@@ -34,7 +34,8 @@ DEAD_LETTERS = "dead_letters"
 TALLIES = "tallies"
 
 
-COUNTS = ("records_read", "activities_written", "duplicates_dropped", "filtered_out", "filtered_by_name")
+COUNTS = ("records_read", "activities_written", "duplicates_dropped", "filtered_out", "filtered_by_name",
+          "dead_letters_already_recorded")
 
 
 def empty_counts() -> dict:
@@ -112,8 +113,10 @@ class ValidateBlockFn(beam.DoFn):
     (each activity still counts it as rejected, so every activity's counts balance).
     """
 
-    def __init__(self, specs: dict[str, ActivitySpec]) -> None:
+    def __init__(self, specs: dict[str, ActivitySpec], recorded: frozenset[tuple] = frozenset()) -> None:
         self.specs = specs
+        self.recorded = recorded  # dead letters committed runs already wrote (dead_letter_key)
+        self.already = Metrics.counter(NAMESPACE, "dead_letters_already_recorded")
         self.read = Metrics.counter(NAMESPACE, "records_read")
         self.valid = Metrics.counter(NAMESPACE, "records_valid")
         self.filtered = Metrics.counter(NAMESPACE, "filtered_out")
@@ -136,7 +139,7 @@ class ValidateBlockFn(beam.DoFn):
                 self.rejected[reason].inc(count)
             tables[name] = {"records_read": result.records_read, "filtered_out": result.filtered_out,
                             "filtered_by_name": result.filtered_out - result.outside_window,
-                            "rejected": dict(rejected)}
+                            "rejected": dict(rejected), "dead_letters_already_recorded": 0}
             for letter in result.dead_letters:
                 if letter["reason"] == "malformed":
                     if letter["position"] in seen_malformed:
@@ -144,6 +147,10 @@ class ValidateBlockFn(beam.DoFn):
                     seen_malformed.add(letter["position"])
                 elif several:
                     letter = dict(letter, activity=name)
+                if self.recorded and dead_letter_key(letter) in self.recorded:
+                    tables[name]["dead_letters_already_recorded"] += 1
+                    self.already.inc()
+                    continue
                 dead.append(letter)
             for day, rows in split_by_date(result.table).items():
                 yield (name, day), (block.rank, block.index, rows)
@@ -290,12 +297,13 @@ class ReadRawBlocks(beam.PTransform):
 class ValidateAndMap(beam.PTransform):
     """RawBlock -> ((table, date), Arrow rows) plus tagged dead letters and tallies."""
 
-    def __init__(self, specs: dict[str, ActivitySpec]) -> None:
+    def __init__(self, specs: dict[str, ActivitySpec], recorded: frozenset[tuple] = frozenset()) -> None:
         super().__init__()
         self.specs = specs
+        self.recorded = recorded
 
     def expand(self, blocks):
-        return blocks | "CheckAndMap" >> beam.ParDo(ValidateBlockFn(self.specs)).with_outputs(
+        return blocks | "CheckAndMap" >> beam.ParDo(ValidateBlockFn(self.specs, self.recorded)).with_outputs(
             DEAD_LETTERS, TALLIES, main="activities"
         )
 
@@ -368,9 +376,11 @@ class ExportActivities(beam.PTransform):
     """The whole export: (input file, its activities) -> the staged run and its outcome."""
 
     def __init__(self, specs: dict[str, ActivitySpec], run_id: str, lake_url: str, data_source: str,
-                 existing: dict[tuple[str, str], list[str]], block_records: int, max_rows: int) -> None:
+                 existing: dict[tuple[str, str], list[str]], block_records: int, max_rows: int,
+                 recorded: frozenset[tuple] = frozenset()) -> None:
         super().__init__()
         self.specs = specs
+        self.recorded = recorded
         self.run_id = run_id
         self.lake_url = lake_url
         self.data_source = data_source
@@ -379,7 +389,7 @@ class ExportActivities(beam.PTransform):
         self.max_rows = max_rows
 
     def expand(self, files):
-        checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs)
+        checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs, self.recorded)
         deduped = checked.activities | "Dedupe" >> DedupeActivities(
             self.lake_url, self.data_source, self.run_id, self.existing)
         written = deduped.rows | "Write" >> WriteActivityFiles(
