@@ -106,3 +106,13 @@ def duckdb_rows(data_source: Path) -> list[tuple]:
 @pytest.fixture
 def lake(tmp_path) -> Path:
     return tmp_path / "lake"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``faults_long`` trials run only when selected with ``-m faults_long``."""
+    if "faults_long" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="long fault trials: select with -m faults_long")
+    for item in items:
+        if "faults_long" in item.keywords:
+            item.add_marker(skip)

@@ -348,6 +348,7 @@ class Lake:
                     logger.info("run %s had committed; removing its staging folder", run_id)
             else:
                 logger.warning("run %s did not commit; removing what it wrote", run_id)
+                failpoint("recovery_before_delete")
                 self._delete_own_files(run_id, referenced)
                 self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
         for run_id in leftovers:

@@ -20,9 +20,10 @@ from insights_link.storage import open_storage
 REPO = Path(__file__).resolve().parents[2]
 
 
-def committed_ids(lake_url: str, data_source: str = "EngagementInsights") -> list[str]:
+def committed_ids(lake_url: str, data_source: str = "EngagementInsights", *, settled: bool = True) -> list[str]:
     """Every ActivityId the manifest references (sorted, duplicates kept), after checking that
-    each listed file exists and that no exporter-written Parquet file is unreferenced."""
+    each listed file exists and (``settled``: no run is mid-way or dead) that no
+    exporter-written Parquet file is unreferenced."""
     storage = open_storage(lake_url)
     manifest_key = f"{data_source}/default.manifest.cdm.json"
     if not storage.exists(manifest_key):
@@ -34,7 +35,7 @@ def committed_ids(lake_url: str, data_source: str = "EngagementInsights") -> lis
                      if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(data_source) + 1:])
     missing = sorted(set(listed) - set(on_disk))
     assert not missing, f"the manifest lists files that do not exist: {missing}"
-    assert on_disk == listed, f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
+    assert not settled or on_disk == listed, f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
     ids: list[str] = []
     for location in listed:
         table = pq.read_table(pa.BufferReader(storage.read_bytes(f"{data_source}/{location}")))
