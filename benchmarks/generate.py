@@ -36,7 +36,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from insights_link.contract import REASONS
+from insights_link.core.contract import REASONS
 
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "avro-nested", "avro-capture")
 

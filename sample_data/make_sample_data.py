@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import fastavro
 
-from insights_link.contract import REASONS
+from insights_link.core.contract import REASONS
 
 HERE = Path(__file__).resolve().parent
 EXPORTS = HERE / "exports"

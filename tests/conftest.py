@@ -16,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+# Every process a test starts loads tests/testing/sitecustomize.py (the failpoints).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).parent / "testing"), os.environ.get("PYTHONPATH", "")) if p)
 
 pytest_plugins = ["conftest_azurite"]
 

@@ -26,8 +26,9 @@ from azurite import (
     connection_string,
     new_container_name,
 )
-from insights_link import azure_storage
-from insights_link.azure_storage import (
+from insights_link.storage import StorageError, open_storage
+from insights_link.storage import azure as azure_storage
+from insights_link.storage.azure import (
     AzureStorage,
     LockBusy,
     describe_credential_source,
@@ -35,7 +36,6 @@ from insights_link.azure_storage import (
     parse_url,
     to_storage_error,
 )
-from insights_link.storage import StorageError, open_storage
 
 pytestmark = pytest.mark.azurite
 

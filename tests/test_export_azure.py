@@ -187,7 +187,7 @@ def test_wrong_credentials_clear_error_and_no_secret_echoed(tmp_path, azure_lake
                        azurite.connection_string.replace(azurite.account_key, wrong_key))
     src = write_jsonl(tmp_path / "a.jsonl", [event("a")])
     proc = run_cli("export", "--input", str(src), "--output", azure_lake)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # a configuration mistake, found before anything is written
     assert "Traceback" not in proc.stderr
     assert wrong_key not in proc.stdout + proc.stderr and "AccountKey" not in proc.stdout + proc.stderr
     assert any("authentication" in line.lower() or "credential" in line.lower()
@@ -260,7 +260,7 @@ def test_wrong_sas_clear_error_and_no_secret_echoed(tmp_path, azure_lake, azurit
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
     src = write_jsonl(tmp_path / "a.jsonl", [event("a")])
     proc = run_cli("export", "--input", str(src), "--output", azure_lake)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # a configuration mistake, found before anything is written
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("insights-link:")]
     assert len(lines) == 1 and "authentication" in lines[0].lower(), proc.stderr
@@ -299,7 +299,8 @@ def test_a_bad_azure_url_is_a_usage_error_that_never_echoes_a_sas(tmp_path, azur
 
 GRANT_DRIVER = """
 import json, sys
-from insights_link import azure_storage, cli
+from insights_link import cli
+from insights_link.storage import azure as azure_storage
 
 def is_hns_enabled(self):
     return True

@@ -14,9 +14,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from insights_link.batch import POSITION, ActivitySpec, process_block_reference
-from insights_link.fastpath import process_jsonl_block
-from insights_link.inputs import RawBlock
+from insights_link.core.batch import POSITION, ActivitySpec, process_block_reference
+from insights_link.core.blocks import RawBlock
+from insights_link.core.fastpath import process_jsonl_block
 
 SPEC = ActivitySpec("WebLog", "Web", ("Signal.Session.Id",), "r1", datetime(2026, 1, 1, tzinfo=UTC))
 
@@ -153,6 +153,6 @@ def test_paths_agree_on_mostly_valid_input(raw_lines):
 
 
 def test_fast_path_takes_plainly_valid_lines():
-    from insights_link.fastpath import vectorized_check
+    from insights_link.core.fastpath import vectorized_check
     good = json.dumps({"Signal": signal("a", 7, "2024-05-01T10:00:00.5+02:00", "https://a.b/c?d=e", "x", "N", "s")})
     assert vectorized_check(_block([good, "nope"]), SPEC)["i"].to_pylist() == [0]

@@ -18,13 +18,16 @@ import fastavro
 import pytest
 
 from conftest import dead_letters, event, read_activities, run_cli, write_jsonl
-from insights_link import inputs
-from insights_link.inputs import InputFile, is_hidden, read_blocks, resolve_inputs
-from insights_link.pipeline import fingerprint
+from insights_link.core.blocks import InputFile
+from insights_link.core.formats import lines, read_blocks
+from insights_link.core.paths import is_hidden
+from insights_link.pipeline.plan import fingerprint
+from insights_link.storage import open_storage
+from insights_link.storage.resolve import resolve_inputs
 
 RUN_TIME = ("--run-time", "2026-01-01T00:00:00Z")
 HEADER = ["Signal.Export.Id", "Signal.User.Id", "Signal.Timestamp", "Signal.View.Uri", "Signal.Action.Name"]
-LIMIT_ENV = {inputs.MAX_RECORD_BYTES_ENV: str(1 << 20)}  # 1 MiB for the long-line tests
+LIMIT_ENV = {lines.MAX_RECORD_BYTES_ENV: str(1 << 20)}  # 1 MiB for the long-line tests
 
 
 def _export(inp: Path | str, lake: Path, *extra: str, run_id: str = "r1", env: dict | None = None) -> dict:
@@ -50,6 +53,11 @@ def _row(i: int) -> list[str]:
     return [f"e{i}", f"u{i}", "2024-05-01T10:00:00Z", f"https://contoso.com/p{i}", "Click"]
 
 
+def _opened(f: InputFile):
+    """``read_blocks``' first two arguments: the file and how to open its bytes."""
+    return f, lambda: open_storage(f.root).open_read(f.key)
+
+
 def _file(path: Path, fmt: str) -> InputFile:
     (f,) = resolve_inputs([str(path)], fmt)
     return f
@@ -58,7 +66,7 @@ def _file(path: Path, fmt: str) -> InputFile:
 def _records(path: Path, fmt: str | None = None) -> list[tuple[int, object, str | None]]:
     """(position, payload, reader's malformed detail) of every record ``read_blocks`` yields."""
     out = []
-    for block in read_blocks(_file(path, fmt), block_records=1000):
+    for block in read_blocks(*_opened(_file(path, fmt)), block_records=1000):
         pairs = zip(block.positions, block.payloads, strict=True)
         out.extend((p, x, block.malformed.get(k)) for k, (p, x) in enumerate(pairs))
     return out
@@ -151,7 +159,7 @@ def test_cr_only_json_lines_file_gives_every_record(tmp_path, lake):
 def test_line_ends_at_the_chunk_boundary_are_counted_once(tmp_path):
     """A CRLF split between two 8 MiB reads is one line end; a CR ending a read followed by a
     record is one line end too; a stray CR mid-file ends a line."""
-    chunk = inputs._CHUNK_BYTES
+    chunk = lines.CHUNK_BYTES
     first = json.dumps(event("e1"))
     pad = json.dumps(event("e2", action="x" * (chunk - len(first) - 200)))
     filler = " " * (chunk - len(first) - 1 - len(pad) - 1)  # whitespace before the line end is JSON
@@ -183,7 +191,7 @@ def test_a_line_over_the_limit_is_one_short_dead_letter_and_reading_goes_on(tmp_
     assert letter["reason"] == "malformed" and letter["position"] == 3
     assert len(json.dumps(letter)) < 4096  # a bounded prefix, not 5 MiB
     assert f"{len(long_line)} bytes" in letter["payload"] and letter["payload"].startswith(long_line[:500])
-    monkeypatch.setenv(inputs.MAX_RECORD_BYTES_ENV, str(1 << 20))
+    monkeypatch.setenv(lines.MAX_RECORD_BYTES_ENV, str(1 << 20))
     (bad,) = [r for r in _records(tmp_path / "in" / "a.jsonl") if r[2]]
     assert bad[2] == f"malformed: line longer than {1 << 20} bytes ({len(long_line)} bytes)"
 
@@ -202,7 +210,7 @@ def test_a_csv_line_over_the_limit_is_one_dead_letter(tmp_path, lake):
 def test_a_long_line_is_never_held_in_memory(tmp_path, monkeypatch):
     """64 MiB in one line with a 1 MiB limit: memory stays near a few read chunks (the old reader
     held the whole line twice), and the records around it are read."""
-    monkeypatch.setenv(inputs.MAX_RECORD_BYTES_ENV, str(1 << 20))
+    monkeypatch.setenv(lines.MAX_RECORD_BYTES_ENV, str(1 << 20))
     path = tmp_path / "big.jsonl"
     with open(path, "wb") as out:
         out.write(json.dumps(event("e1")).encode() + b"\n" + b'{"Signal": "')
@@ -254,7 +262,7 @@ def test_folder_inputs_do_not_follow_symlinks(tmp_path, lake, caplog):
     (folder / "linked-dir").symlink_to(outside, target_is_directory=True)
 
     for value in (folder, f"{folder}/*.jsonl", f"{folder}/**/*.jsonl"):
-        with caplog.at_level("WARNING", logger="insights_link.inputs"):
+        with caplog.at_level("WARNING", logger="insights_link.storage.resolve"):
             keys = [Path(f.source).name for f in resolve_inputs([str(value)])]
         assert keys == ["a.jsonl"], value
     assert "passwd.jsonl" in caplog.text and "symbolic link" in caplog.text
@@ -369,7 +377,7 @@ def test_truncated_gzip_detail_names_the_file_and_position(tmp_path):
     data = gzip.compress("".join(json.dumps(event(f"e{i}")) + "\n" for i in range(2000)).encode())
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(data[: len(data) // 2])
-    blocks = list(read_blocks(_file(path, "jsonl"), block_records=100_000))
+    blocks = list(read_blocks(*_opened(_file(path, "jsonl")), block_records=100_000))
     position, detail = blocks[-1].unreadable
     good = sum(len(b.payloads) for b in blocks)
     assert 0 < good < 2000 and position == good + 1
@@ -384,7 +392,7 @@ def test_damaged_avro_detail_names_the_file_and_position(tmp_path):
     data = buf.getvalue()
     path = tmp_path / "cut.avro"
     path.write_bytes(data[: len(data) * 2 // 3])
-    blocks = list(read_blocks(_file(path, "avro")))
+    blocks = list(read_blocks(*_opened(_file(path, "avro"))))
     position, detail = blocks[-1].unreadable
     good = sum(len(b.payloads) for b in blocks)
     assert 0 < good < 3000 and position == good + 1

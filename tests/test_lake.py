@@ -7,15 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from insights_link.lake import (
-    Lake,
-    LakeBusy,
+from insights_link.lake.commit import Lake, LakeBusy
+from insights_link.lake.layout import (
     date_of_partition,
     full_location,
     incremental_location,
     partition_file_name,
 )
-from insights_link.storage import LocalStorage
+from insights_link.storage.local import LocalStorage
 
 
 def _report(run_id, status, *fingerprints):

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from azurite import check_storage_contract
-from insights_link.azure_storage import AzureStorage, LockBusy
 from insights_link.storage import join
+from insights_link.storage.azure import AzureStorage, LockBusy
 
 LIVE_URL = os.environ.get("INSIGHTS_LINK_LIVE_ADLS_URL", "").strip()
 EXPECT_HNS = os.environ.get("INSIGHTS_LINK_LIVE_ADLS_EXPECT_HNS", "").strip()

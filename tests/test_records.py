@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from insights_link.contract import ContractError, cdm_safe_name, check_name
-from insights_link.records import (
+from insights_link.core.contract import ContractError, cdm_safe_name, check_name
+from insights_link.core.records import (
     Activity,
     Rejection,
     check_event,

@@ -23,7 +23,7 @@ from conftest import (
     run_reports,
     write_jsonl,
 )
-from insights_link.storage import LocalStorage
+from insights_link.storage.local import LocalStorage
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import event, write_jsonl
-from insights_link.batch import ActivitySpec, process_block_reference
-from insights_link.inputs import RawBlock, resolve_inputs
-from insights_link.transforms import (
+from insights_link.core.batch import ActivitySpec, process_block_reference
+from insights_link.core.blocks import RawBlock
+from insights_link.pipeline.graph import (
     DEAD_LETTERS,
     TALLIES,
     DedupeActivities,
@@ -22,6 +22,7 @@ from insights_link.transforms import (
     ReadRawBlocks,
     ValidateAndMap,
 )
+from insights_link.storage.resolve import resolve_inputs
 
 SPEC = ActivitySpec("WebLog", "WebLog", (), "run1", datetime(2026, 1, 1, tzinfo=UTC))
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])

@@ -1,13 +1,7 @@
-"""The ``insights-link`` command: ``insights-link export ...``.
+"""The ``insights-link`` command: subcommands (``export``, ``help``), ``--help`` and ``--version``.
 
-Thin: configure logging, call :func:`insights_link.pipeline.run`, print the summary, map errors
-to exit codes (documented in the README for schedulers):
-
-    0 committed (also with rejected records, or when every input was skipped)
-    1 the run failed and committed nothing
-    2 usage or configuration error (nothing written)
-    3 more records rejected than --max-rejected-ratio allows (nothing committed)
-    4 another run held the data source's lock for longer than --lock-wait
+Thin: configure logging, call :func:`insights_link.pipeline.run.run`, print the summary, map the
+errors of :mod:`insights_link.errors` to their exit codes (documented there and in ``--help``).
 """
 
 from __future__ import annotations
@@ -21,17 +15,8 @@ from datetime import UTC, datetime
 from insights_link import lifecycle
 
 EXIT_OK = 0
-EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_TOO_MANY_REJECTED = 3
-EXIT_BUSY = 4
 
-USAGE = """usage: insights-link export (--job JOB.toml | --input PATH [--input PATH ...] --output LAKE_ROOT)
-         [--data-source NAME] [--activity-name NAME] [--activity-type TYPE] [--event-name NAME ...]
-         [--input-format jsonl|csv|avro] [--reprocess] [--property Signal.X.Y ...]
-         [--layout full|incremental] [--since ISO8601] [--until ISO8601] [--max-rejected-ratio R]
-         [--grant-read OBJECT_ID ...] [--lock-wait SECONDS] [--log-format text|json]
-         [--run-id ID] [--run-time ISO8601] [any Apache Beam pipeline option]"""
 
 logger = logging.getLogger("insights_link")
 
@@ -118,38 +103,88 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
-    """Log lines to stderr; stdout is kept for the summary."""
+    """Log lines to stderr; stdout is kept for the summary. Other libraries' chatter (Beam's
+    start-up, the Azure SDK's credential probing) stays out unless ``--verbose`` (DEBUG)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_QuietDependencies())
+    if level > logging.DEBUG:
+        handler.addFilter(_QuietDependencies())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("azure").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
 
 
-def _log_format(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg == "--log-format" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--log-format="):
-            return arg.split("=", 1)[1]
-    return "text"
+COMMANDS = {
+    "export": "export refined engagement events into a Customer Insights activity data source",
+    "help": "show the help of a command: insights-link help export",
+}
+
+
+def top_level_help() -> str:
+    commands = "\n".join(f"  {name:<10}{text}" for name, text in COMMANDS.items())
+    return f"""usage: insights-link [--version] [--help] COMMAND [ARGS]
+
+Moves refined web engagement events into a Customer Insights - Data lake as activity data:
+a CDM folder (manifest + entity documents) with Parquet partitions, locally or on ADLS Gen2.
+
+commands:
+{commands}
+
+Run 'insights-link help export' (or 'insights-link export --help') for every option, its
+default and job-file key, the exit codes and examples."""
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
+
+    return (f"insights-link {of('insights-link')} (apache-beam {of('apache-beam')}, pyarrow {of('pyarrow')}, "
+            f"Python {sys.version.split()[0]})")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return EXIT_OK if argv else EXIT_USAGE
-    if argv[0] != "export":
-        print(f"insights-link: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+    if not argv:
+        print(top_level_help(), file=sys.stderr)
         return EXIT_USAGE
-    log_format = _log_format(argv)
-    configure_logging(log_format)
+    command, rest = argv[0], argv[1:]
+    if command in ("-h", "--help"):
+        print(top_level_help())
+        return EXIT_OK
+    if command == "--version":
+        print(version_text())
+        return EXIT_OK
+    if command == "help":
+        if not rest:
+            print(top_level_help())
+            return EXIT_OK
+        command, rest = rest[0], ["--help"]
+    if command != "export":
+        print(f"insights-link: unknown command {command!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return EXIT_USAGE
+    if "-h" in rest or "--help" in rest:
+        configure_logging("text", logging.WARNING)  # keeps Beam's import-time chatter out
+        from insights_link.pipeline.options import build_parser
+
+        print(build_parser().format_help())
+        return EXIT_OK
+    return export(rest)
+
+
+def export(argv: list[str]) -> int:
+    """``insights-link export``: run, print the summary, map errors to exit codes."""
+    log_format = _flag_value(argv, "--log-format") or "text"
+    level = logging.DEBUG if "--verbose" in argv else logging.WARNING if "--quiet" in argv else logging.INFO
+    configure_logging(log_format, level)
     from insights_link.errors import (
         CommittedWithErrors,
         DataSourceBusy,
@@ -158,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         TooManyRejected,
         UsageError,
     )
-    from insights_link.pipeline import run
+    from insights_link.pipeline.run import run
 
     previous = {signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = run(argv[1:])
+        report = run(argv)
     except UsageError as exc:
         return _failed(log_format, exc.exit_code, f"insights-link: error: {exc}", exc.status)
     except TooManyRejected as exc:
@@ -190,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary_text(report))
     return EXIT_OK
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _failed(log_format: str, code: int, message: str, status: str) -> int:

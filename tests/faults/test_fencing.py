@@ -95,7 +95,8 @@ def test_local_run_whose_lock_file_was_removed_cannot_commit(step, tmp_path, inp
 def test_local_commit_point_is_a_compare_and_swap(tmp_path, inputs):
     """Even when the lock check passes, a manifest that changed since the run planned is not
     overwritten: the conditional write refuses it."""
-    from insights_link.storage import LocalStorage, PreconditionFailed
+    from insights_link.storage import PreconditionFailed
+    from insights_link.storage.local import LocalStorage
 
     storage = LocalStorage(str(tmp_path / "s"))
     _, v0 = storage.read_versioned("m.json")

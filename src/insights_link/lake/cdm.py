@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from insights_link.contract import Column
+from collections.abc import Callable
+
+from insights_link.core.contract import Column
 
 MANIFEST_FILE = "default.manifest.cdm.json"
 PARQUET_TRAIT = "is.partition.format.parquet"
@@ -102,3 +104,27 @@ def parse_manifest(document: bytes) -> dict[str, TableState]:
         return tables
     except (ValueError, KeyError, TypeError) as exc:
         raise ManifestError(f"cannot read the existing manifest: {exc}") from exc
+
+
+class CdmFormat:
+    """The CDM folder as a table format: the manifest is the commit object (it lists every
+    committed Parquet file), and each table has an entity document declaring its columns."""
+
+    name = "cdm"
+    commit_file = MANIFEST_FILE
+
+    def parse(self, data: bytes | None) -> dict[str, TableState]:
+        """The committed tables in a commit object's bytes (none when there is no object yet)."""
+        return parse_manifest(data) if data is not None else {}
+
+    def render(self, data_source: str, tables: dict[str, TableState]) -> bytes:
+        return manifest_document(data_source, tables)
+
+    def table_documents(self, table_columns: dict[str, tuple[Column, ...]]) -> dict[str, bytes]:
+        """Relative key -> bytes of each table's document."""
+        return {f"{name}.cdm.json": entity_document(name, columns) for name, columns in table_columns.items()}
+
+    def declared_columns(self, read: Callable[[str], bytes | None], table: str) -> list[str] | None:
+        """The columns a committed table declares (None when it has no document)."""
+        doc = read(f"{table}.cdm.json")
+        return entity_columns(doc) if doc is not None else None

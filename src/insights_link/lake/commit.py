@@ -1,51 +1,45 @@
-"""The data-source folder in the lake: layout, committed state, commit and recovery.
+"""The commit protocol of a data-source folder, independent of the table format.
 
-Layout below ``LAKE_ROOT/<DataSource>/`` (work in progress only ever in ``_``-folders)::
+A run's workers write only below ``_staging/<run>/`` (see :mod:`.layout`). The launcher then
+commits, holding the data source's lock: publish dead letters -> write the commit record (where
+the run's files go) -> move staged Parquet into the data folders (still unreferenced) -> write
+the table documents -> **one conditional write of the format's commit object** (for CDM the
+manifest; it succeeds only if the object is still the version this run planned from) -> the
+run report -> delete staging. Every step that changes what readers see or deletes anything is
+fenced by a check that this process still holds the lock.
 
-    default.manifest.cdm.json              the commit point: lists every committed Parquet file
-    <Table>.cdm.json                       entity document per table
-    <Table>/FullData/yyyy/mm/dd/<Table>_yyyymmdd_<run>_<nnn>.parquet
-    _staging/<run>/data/...                a run's files until it commits
-    _staging/<run>/deadletter/*.jsonl.gz   a run's rejected records until it commits
-    _staging/<run>/outcome.json            what the pipeline wrote and counted
-    _staging/<run>/report.json             the run report, staged before the commit point
-    _deadletter/<run>.jsonl.gz             rejected records of committed runs
-    _runs/<run>.json                       run reports
-    _state/runs_index.json                 cache: which inputs committed runs processed
-    _lock                                  the data source's lock (local lakes)
-
-Commit protocol (single-object commit, no folder renames, works on blob stores):
-publish dead letters -> move staged Parquet into the data folders (still unreferenced) -> write
-entity documents -> **write the manifest** (the commit point for data) -> write the run report
-(the commit point for a run without data) -> delete staging. A run that dies leaves its staging
-folder behind; the next run's :meth:`Lake.recover` rolls it forward when the manifest already
-references its files, and back otherwise, deleting every unreferenced Parquet file.
+A run that dies leaves its staging folder; the next run's :meth:`Lake.recover` rolls it forward
+when the commit object references its files, and back otherwise, after rewriting the commit
+object so that a stalled writer's late commit fails. Only files a run's commit record lists are
+ever deleted. The table format (:class:`~insights_link.lake.cdm.CdmFormat`) says what the commit
+object and the table documents look like; a second format is one new module.
 """
+
 
 from __future__ import annotations
 
-import base64
 import gzip
-import hashlib
 import json
 import logging
-import os
-import re
-import signal
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from insights_link.contract import Column
-from insights_link.manifest import (
-    MANIFEST_FILE,
-    TableState,
-    entity_columns,
-    entity_document,
-    manifest_document,
-    parse_manifest,
+from insights_link.checkpoints import checkpoint
+from insights_link.core.contract import Column
+from insights_link.core.deadletters import dead_letter_key
+from insights_link.lake.cdm import CdmFormat, TableState
+from insights_link.lake.layout import (
+    COMMIT_RECORD,
+    INDEX_FILE,
+    date_of_partition,
+    full_location,
+    incremental_location,
+    input_key,
+    run_of,
+    staging_key,
 )
 from insights_link.storage import (
     LockBusy,
@@ -59,33 +53,8 @@ from insights_link.storage import (
 
 logger = logging.getLogger(__name__)
 
-
-def failpoint(name: str) -> None:
-    """Crash-test hooks at named steps of a run, so tests stop real processes deterministically
-    instead of guessing with timers:
-
-    - ``INSIGHTS_LINK_KILL_AT=<name>`` SIGKILLs this process at that step;
-    - ``INSIGHTS_LINK_PAUSE_AT=<name>`` creates the file ``INSIGHTS_LINK_PAUSE_FILE`` and waits
-      (at most 120 s) until the test deletes it, e.g. after stopping the storage emulator.
-    """
-    if os.environ.get("INSIGHTS_LINK_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    marker = os.environ.get("INSIGHTS_LINK_PAUSE_FILE")
-    if marker and os.environ.get("INSIGHTS_LINK_PAUSE_AT") == name:
-        with open(marker, "w") as f:
-            f.write(name)
-        deadline = time.monotonic() + 120
-        while os.path.exists(marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-INDEX_FILE = "runs_index.json"
-COMMIT_RECORD = "commit.json"  # in a run's staging: where its files go, written before the moves
-
-
-def input_key(table: str, fingerprint: str) -> str:
-    """Key of the committed-inputs index: an input counts as committed per activity table."""
-    return f"{table}\t{fingerprint}"
+ABANDONED_FILE = "abandoned.json"
+ABANDONED_KEEP_SECONDS = 24 * 3600
 
 
 class LakeError(RuntimeError):
@@ -109,44 +78,6 @@ class CommitUnfinished(LakeError):
 class CommitUnknown(LakeError):
     """The storage failed at the commit point and could not be asked afterwards whether the
     commit became visible; the next run settles it (rolls it forward or back)."""
-
-
-LAYOUTS = ("full", "incremental")
-
-
-def partition_file_name(table: str, date: str, run_id: str, index: int) -> str:
-    """A Parquet file's name: table, event date, run, piece (``WebLog_20240501_<run>_000.parquet``)."""
-    return f"{table}_{date.replace('-', '')}_{run_id}_{index:03d}.parquet"
-
-
-def full_location(table: str, date: str, name: str) -> str:
-    """``WebLog/FullData/2024/05/01/<name>``: initial data, foldered by event date."""
-    year, month, day = date.split("-")
-    return f"{table}/FullData/{year}/{month}/{day}/{name}"
-
-
-def incremental_location(table: str, committed: datetime, name: str) -> str:
-    """``WebLog/IncrementalData/2026/11/28/14/Upserts/<name>``: foldered by the UTC hour of the
-    commit, as Customer Insights' incremental refresh expects (it reads an hour once it ended)."""
-    return f"{table}/IncrementalData/{committed.astimezone(UTC):%Y/%m/%d/%H}/Upserts/{name}"
-
-
-def _run_of(location: str) -> str | None:
-    """The run id in a partition file's name (``<Table>_<yyyymmdd>_<run>_<nnn>.parquet``)."""
-    table = location.split("/", 1)[0]
-    name = location.rsplit("/", 1)[-1]
-    stem = name[len(table) + 10:].removesuffix(".parquet")  # skip "<Table>_<yyyymmdd>_"
-    return stem.rsplit("_", 1)[0] if name.startswith(table + "_") and "_" in stem else None
-
-
-def date_of_partition(location: str) -> str | None:
-    """The event date a partition file holds, from its name (``WebLog_20240501_...``)."""
-    table = location.split("/", 1)[0]
-    name = location.rsplit("/", 1)[-1]
-    digits = name[len(table) + 1: len(table) + 9]
-    if name.startswith(table + "_") and digits.isdigit():
-        return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
-    return None
 
 
 @dataclass
@@ -179,9 +110,10 @@ class Lake:
     late commit fails instead of listing deleted files.
     """
 
-    def __init__(self, storage: Storage, data_source: str) -> None:
+    def __init__(self, storage: Storage, data_source: str, table_format: CdmFormat | None = None) -> None:
         self.storage = storage
         self.data_source = data_source
+        self.format = table_format or CdmFormat()
         self.fence: LockHandle | None = None
         self.planned_version: str | None = None  # the manifest version read_state() saw
 
@@ -190,7 +122,11 @@ class Lake:
         return join(self.data_source, *parts)
 
     def staging(self, run_id: str, *parts: str) -> str:
-        return self.key("_staging", run_id, *parts)
+        return staging_key(self.data_source, run_id, *parts)
+
+    def _read_if_exists(self, relative: str) -> bytes | None:
+        key = self.key(relative)
+        return self.storage.read_bytes(key) if self.storage.exists(key) else None
 
     def describe(self) -> str:
         return self.storage.describe(self.data_source)
@@ -233,8 +169,8 @@ class Lake:
 
     def read_manifest(self) -> tuple[dict[str, TableState], bytes | None, str | None]:
         """The committed tables, the manifest's bytes and its version (None when absent)."""
-        data, version = self.storage.read_versioned(self.key(MANIFEST_FILE))
-        return (parse_manifest(data) if data is not None else {}), data, version
+        data, version = self.storage.read_versioned(self.key(self.format.commit_file))
+        return self.format.parse(data), data, version
 
     def read_tables(self) -> dict[str, TableState]:
         return self.read_manifest()[0]
@@ -245,9 +181,9 @@ class Lake:
         tables, _data, self.planned_version = self.read_manifest()
         columns = {}
         for name in tables:
-            doc_key = self.key(f"{name}.cdm.json")
-            if self.storage.exists(doc_key):
-                columns[name] = entity_columns(self.storage.read_bytes(doc_key))
+            declared = self.format.declared_columns(self._read_if_exists, name)
+            if declared is not None:
+                columns[name] = declared
         return LakeState(tables, columns, self.committed_inputs())
 
     def committed_inputs(self) -> dict[str, str]:
@@ -330,38 +266,64 @@ class Lake:
                 break
             self.check_lock()
             try:  # fence out the runs being undone: their manifest write now fails
-                self.storage.write_if(self.key(MANIFEST_FILE),
-                                      data if data is not None else manifest_document(self.data_source, {}),
+                self.storage.write_if(self.key(self.format.commit_file),
+                                      data if data is not None else self.format.render(self.data_source, {}),
                                       version)
                 break
             except PreconditionFailed:
                 logger.warning("the manifest changed during recovery; deciding again")
+        for run_id in list(settled):
+            if settled[run_id] == "rolled back" and run_id != only and not self._mark_rolled_back(run_id):
+                settled[run_id] = "committed"  # its report landed first: it committed after all
         for run_id, outcome in settled.items():
             self.check_lock()
             if outcome == "committed":
-                staged_report = self.staging(run_id, "report.json")
-                report_key = self.key("_runs", f"{run_id}.json")
-                if not self._committed_report(report_key):
-                    logger.warning("run %s died after its commit point; finishing it", run_id)
-                    self.storage.write_bytes(report_key, self.storage.read_bytes(staged_report))
-                else:
-                    logger.info("run %s had committed; removing its staging folder", run_id)
+                self._roll_forward(run_id)
             else:
                 logger.warning("run %s did not commit; removing what it wrote", run_id)
-                failpoint("recovery_before_delete")
+                checkpoint("recovery_before_delete")
                 self._delete_own_files(run_id, referenced)
-                self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
         for run_id in leftovers:
             self.check_lock()
             self.storage.delete_prefix(self.staging(run_id))
         return settled
+
+    def _mark_rolled_back(self, run_id: str) -> bool:
+        """Write the run's "rolled back" report before undoing it, conditionally: a run without
+        data that wakes up late then can't write its committed report. False when a report of
+        the run already exists (it committed)."""
+        record: dict = {"run_id": run_id, "status": "rolled_back",
+                        "rolled_back_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        record_key = self.staging(run_id, COMMIT_RECORD)
+        if self.storage.exists(record_key):
+            record["abandoned"] = json.loads(self.storage.read_bytes(record_key))["locations"]
+        try:
+            self.storage.write_if(self.key("_runs", f"{run_id}.json"),
+                                  (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"), None)
+        except PreconditionFailed:
+            return not self._committed_report(self.key("_runs", f"{run_id}.json"))
+        self._remember_abandoned(run_id, record.get("abandoned", []), record["rolled_back_at"])
+        return True
+
+    def _roll_forward(self, run_id: str) -> None:
+        staged_report = self.staging(run_id, "report.json")
+        if not self._committed_report(self.key("_runs", f"{run_id}.json")):
+            logger.warning("run %s died after its commit point; finishing it", run_id)
+        else:
+            logger.info("run %s had committed; removing its staging folder", run_id)
+        letters = [o.key for o in self.storage.list(self.staging(run_id, "deadletter"))]
+        report = self.storage.read_bytes(staged_report) if self.storage.exists(staged_report) else None
+        if report is None:  # its report was written and staging partly removed: nothing to redo
+            self.storage.delete_prefix(self.staging(run_id))
+            return
+        self._finish(run_id, report, letters)
 
     def _settle(self, run_id: str, referenced: set[str]) -> str:
         """"committed" when the run's report says so, or the manifest references its files and
         its staged report exists; otherwise "rolled back"."""
         if self._committed_report(self.key("_runs", f"{run_id}.json")):
             return "committed"
-        if any(_run_of(loc) == run_id for loc in referenced) and self.storage.exists(
+        if any(run_of(loc) == run_id for loc in referenced) and self.storage.exists(
                 self.staging(run_id, "report.json")):
             return "committed"
         return "rolled back"
@@ -375,9 +337,12 @@ class Lake:
             return False
 
     def _delete_own_files(self, run_id: str, referenced: set[str]) -> None:
-        """Delete the unreferenced data files of a rolled-back run: exactly those its commit
-        record (written before its first move) lists. Nothing else is ever deleted, so a user's
-        files under the data source are safe whatever their names."""
+        """Delete the unreferenced files of a rolled-back run: exactly those its commit record
+        (written before its first move) lists, and its dead letters. The staged sources go first,
+        so a move of the stalled run that lands later finds nothing to move. Nothing else is ever
+        deleted, so a user's files under the data source are safe whatever their names."""
+        self.storage.delete_prefix(self.staging(run_id, "data"))
+        self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
         record_key = self.staging(run_id, COMMIT_RECORD)
         if not self.storage.exists(record_key):
             return  # it never moved a file out of staging
@@ -385,6 +350,40 @@ class Lake:
             logger.warning("deleting %s (written by run %s, which did not commit)", rel, run_id)
             self.check_lock()
             self.storage.delete(self.key(rel))
+
+    def _remember_abandoned(self, run_id: str, locations: list[str], since: str) -> None:
+        """Keep a rolled-back run's file list for a day (``_state/abandoned.json``): a stalled
+        process of it could still land a move or a dead-letter write late; every recovery in that
+        time deletes such leftovers again."""
+        key = self.key("_state", ABANDONED_FILE)
+        data = json.loads(self.storage.read_bytes(key)) if self.storage.exists(key) else {}
+        data[run_id] = {"locations": sorted(locations), "since": since}
+        self.storage.write_bytes(key, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
+
+    def sweep_abandoned(self) -> None:
+        """Delete late leftovers of runs rolled back within the last day (see
+        :meth:`_remember_abandoned`); forget older ones. Call under the lock."""
+        key = self.key("_state", ABANDONED_FILE)
+        if not self.storage.exists(key):
+            return
+        data = json.loads(self.storage.read_bytes(key))
+        tables = self.read_tables()
+        referenced = {loc for t in tables.values() for loc in t.all_locations()}
+        now = datetime.now(UTC)
+        keep = {}
+        for run_id, entry in sorted(data.items()):
+            self.check_lock()
+            for rel in entry["locations"]:
+                if rel not in referenced and self.storage.exists(self.key(rel)):
+                    logger.warning("deleting %s (a late write of run %s, which was rolled back)", rel, run_id)
+                    self.storage.delete(self.key(rel))
+            if not self._committed_report(self.key("_runs", f"{run_id}.json")):
+                self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
+            since = datetime.fromisoformat(entry["since"].replace("Z", "+00:00"))
+            if (now - since).total_seconds() < ABANDONED_KEEP_SECONDS:
+                keep[run_id] = entry
+        if keep != data:
+            self.storage.write_bytes(key, json.dumps(keep, indent=2, sort_keys=True).encode("utf-8"))
 
     # -- committing --------------------------------------------------------------------------
 
@@ -423,17 +422,14 @@ class Lake:
             report["dead_letters"] = f"_deadletter/{run_id}.jsonl.gz"
         report["partitions_written"] = sorted(f["location"] for f in files)
         report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        failpoint("before_commit")
+        checkpoint("before_commit")
         self._check_fence()
         tables, _data, version = self.read_manifest()
         if version != self.planned_version:
             raise CommitLost(f"another run committed to data source {self.data_source!r} since this "
                              "run read it; nothing of this run was committed (run it again)")
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
-        if dead_letter_keys:
-            self._check_fence()
-            self._publish_dead_letters(run_id, dead_letter_keys)
-        failpoint("after_dead_letters")
+        checkpoint("after_dead_letters")
         if files:
             record = {"run_id": run_id, "locations": sorted(f["location"] for f in files)}
             self.storage.write_bytes(self.staging(run_id, COMMIT_RECORD), json.dumps(record).encode("utf-8"))
@@ -441,29 +437,54 @@ class Lake:
             self._check_fence()
             self.storage.move(f["staged"], self.key(f["location"]))
             if i == 0:
-                failpoint("after_first_move")
-        failpoint("after_moves")
+                checkpoint("after_first_move")
+        checkpoint("after_moves")
         if files:
             self._write_entity_documents(tables, table_columns)
             for f in files:
                 held = tables[f["table"]]
                 (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
             self._check_fence()
-            failpoint("before_manifest")
+            checkpoint("before_manifest")
             self._write_manifest(tables, version, [f["location"] for f in files])
-        failpoint("after_manifest")
+        checkpoint("after_manifest")
+        if not files:  # a run without data commits with its report: conditional, like a manifest
+            self._check_fence()
+            self._write_first_report(run_id, report_bytes)
         try:
-            if not files:
-                self._check_fence()  # a run without data commits with its report
-            self.storage.write_bytes(self.key("_runs", f"{run_id}.json"), report_bytes)
-            failpoint("after_report")
-            self.storage.delete_prefix(self.staging(run_id))
+            self._finish(run_id, report_bytes, dead_letter_keys)
         except StorageError as exc:
-            if not files:
-                raise
-            raise CommitUnfinished(f"the run committed (its data is visible), but finishing it failed: "
-                                   f"{exc}; the next run completes it") from exc
+            raise CommitUnfinished(f"the run committed, but finishing it failed: {exc}; the next run "
+                                   "completes it") from exc
         return report
+
+    def _write_first_report(self, run_id: str, report_bytes: bytes) -> None:
+        """The commit point of a run without data files: its report, written only if no report
+        of that run exists (a takeover writes a "rolled back" one first, fencing this out)."""
+        key = self.key("_runs", f"{run_id}.json")
+        try:
+            self.storage.write_if(key, report_bytes, None)
+        except PreconditionFailed as exc:
+            if self._committed_report(key):
+                return  # our own write landed (a retried request)
+            raise CommitLost(f"another run settled this run meanwhile ({exc}); nothing of this run was "
+                             "committed (run it again)") from exc
+        except StorageError as exc:
+            if self._committed_report(key):
+                return
+            raise CommitUnknown(f"the commit point failed ({exc}); the next run settles it") from exc
+
+    def _finish(self, run_id: str, report_bytes: bytes, dead_letter_keys: Iterable[str]) -> None:
+        """After the commit point: publish the dead letters, write the report, drop staging.
+        Also how recovery rolls a committed run forward. Safe to repeat."""
+        keys = sorted(dead_letter_keys)
+        if keys and not self.storage.exists(self.key("_deadletter", f"{run_id}.jsonl.gz")):
+            self._publish_dead_letters(run_id, keys)
+        report_key = self.key("_runs", f"{run_id}.json")
+        if not self._committed_report(report_key):
+            self.storage.write_bytes(report_key, report_bytes)
+        checkpoint("after_report")
+        self.storage.delete_prefix(self.staging(run_id))
 
     def _check_fence(self) -> None:
         try:
@@ -475,18 +496,28 @@ class Lake:
     def _write_entity_documents(self, tables: dict[str, TableState],
                                 table_columns: dict[str, tuple[Column, ...]]) -> None:
         for name, columns in table_columns.items():
-            doc = entity_document(name, columns)
-            doc_key = self.key(f"{name}.cdm.json")
-            if not self.storage.exists(doc_key) or self.storage.read_bytes(doc_key) != doc:
+            for relative, doc in self.format.table_documents({name: columns}).items():
+                current, version = self.storage.read_versioned(self.key(relative))
+                if current == doc:
+                    continue
+                declared = self.format.declared_columns(lambda _r, data=current: data, name)
+                if current is not None and declared != [c.name for c in columns]:
+                    raise CommitLost(f"table {name!r} was redefined by another run meanwhile; nothing of "
+                                     "this run was committed")
                 self._check_fence()
-                self.storage.write_bytes(doc_key, doc)
+                try:
+                    self.storage.write_if(self.key(relative), doc, version)
+                except PreconditionFailed as exc:
+                    raise CommitLost(f"{exc}; nothing of this run was committed (run it again)") from exc
+        for name in table_columns:
             tables.setdefault(name, TableState(name))
 
     def _write_manifest(self, tables: dict[str, TableState], version: str | None, mine: list[str]) -> None:
         """The commit point: one conditional write. When the storage fails around it, ask the
         manifest whether this run's files made it, and say so truthfully."""
         try:
-            self.storage.write_if(self.key(MANIFEST_FILE), manifest_document(self.data_source, tables), version)
+            self.storage.write_if(self.key(self.format.commit_file), self.format.render(self.data_source, tables),
+                                  version)
             return
         except PreconditionFailed as exc:
             failure: StorageError = exc
@@ -536,61 +567,7 @@ class Lake:
         if self.recover(only=run_id).get(run_id) == "committed":
             return "committed"
         data = dict(report, status="failed")
-        self.storage.write_bytes(
-            self.key("_runs", f"{run_id}.json"),
-            (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"),
-        )
+        with suppress(PreconditionFailed):  # a takeover's "rolled back" report says enough
+            self.storage.write_if(self.key("_runs", f"{run_id}.json"),
+                                  (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"), None)
         return "rolled back"
-
-
-def dead_letter_key(letter: dict) -> tuple:
-    """A dead letter's identity across runs: where it was read, why, for which activity, and
-    what it held (hashed). Computed on the published form, so a letter read back from the lake
-    and the same letter about to be written get the same key."""
-    clean = json.loads(_json_line(letter))
-    body = json.dumps([clean.get("payload"), clean.get("payload_base64")], sort_keys=True)
-    return (clean.get("source"), clean.get("position"), clean.get("reason"), clean.get("activity"),
-            hashlib.sha256(body.encode("utf-8")).hexdigest())
-
-
-def encode_dead_letters(records: Iterable[dict]) -> bytes:
-    """Dead-letter records as JSON lines every JSON reader loads (DuckDB, Spark, jq): valid UTF-8,
-    no lone surrogates, no NaN/Infinity literals."""
-    return b"".join(_json_line(r) for r in records)
-
-
-def _json_line(record: dict) -> bytes:
-    """One dead letter as a line of strict JSON in valid UTF-8.
-
-    Lone surrogates (invalid input bytes read with ``surrogateescape``) become U+FFFD in every key
-    and string; when ``payload`` held some and no ``payload_base64`` came with it, the bytes they
-    stood for are added there, so they stay recoverable. Non-finite floats (an Avro NaN) are
-    written as the strings "NaN", "Infinity" and "-Infinity".
-    """
-    try:
-        return (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-    except (UnicodeEncodeError, ValueError):
-        pass  # the rare record with lone surrogates or non-finite floats: cleaned below
-    def raw(text: str) -> bytes:
-        try:
-            return text.encode("utf-8", errors="surrogateescape")
-        except UnicodeEncodeError:  # a surrogate outside surrogateescape's range: its CESU bytes
-            return b"".join(bytes([ord(ch) - 0xDC00]) if "\udc80" <= ch <= "\udcff"
-                            else ch.encode("utf-8", errors="surrogatepass") for ch in text)
-
-    def clean(value):
-        if isinstance(value, str):
-            return raw(value).decode("utf-8", errors="replace") if re.search("[\ud800-\udfff]", value) else value
-        if isinstance(value, float) and not -float("inf") < value < float("inf"):
-            return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-        if isinstance(value, dict):
-            return {clean(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    cleaned = clean(record)
-    payload = record.get("payload")
-    if isinstance(payload, str) and "payload_base64" not in record and cleaned["payload"] != payload:
-        cleaned["payload_base64"] = base64.b64encode(raw(payload)).decode("ascii")
-    return (json.dumps(cleaned, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")

@@ -19,13 +19,16 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from insights_link.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
-from insights_link.contract import REASONS
-from insights_link.inputs import InputFile, RawBlock, read_blocks
-from insights_link.lake import dead_letter_key, encode_dead_letters, failpoint, partition_file_name
+from insights_link.checkpoints import checkpoint
+from insights_link.core.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
+from insights_link.core.blocks import InputFile, RawBlock
+from insights_link.core.contract import REASONS
+from insights_link.core.deadletters import dead_letter_key, encode_dead_letters
+from insights_link.core.formats import read_blocks
+from insights_link.lake.layout import partition_file_name, staging_key
+from insights_link.lake.parquet import read_ids, read_pieces, write_parquet, write_piece
 from insights_link.lifecycle import exit_with_launcher
-from insights_link.parquet_io import read_ids, read_pieces, write_parquet, write_piece
-from insights_link.storage import join, open_storage
+from insights_link.storage import open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +100,14 @@ class ReadBlocksFn(beam.DoFn):
     def process(self, element: tuple[InputFile, tuple[str, ...]]):
         f, activities = element
         count = 0
-        for block in read_blocks(f, self.block_records):
+        for block in read_blocks(f, lambda: open_storage(f.root).open_read(f.key), self.block_records):
             block.activities = activities
             count += len(block.payloads)
-            logger.info("reading %s: %d records so far", f.source, count)
+            logger.debug("reading %s: %d records so far", f.source, count)
+            checkpoint("block_read", source=f.source, records=len(block.payloads))
             yield block
         self.files_read.inc()
+        checkpoint("file_read", source=f.source, size=f.size)
         logger.info("read %s: %d records", f.source, count)
 
 
@@ -183,7 +188,7 @@ class SpillPieceFn(beam.DoFn):
 
     def process(self, element):
         (table_name, day), (rank, index, rows) = element
-        key = join(self.data_source, "_staging", self.run_id, "pieces", table_name, day,
+        key = staging_key(self.data_source, self.run_id, "pieces", table_name, day,
                    f"{rank:06d}_{index:06d}.arrow")
         write_piece(self.storage, key, rows)
         yield (table_name, day), key
@@ -235,9 +240,9 @@ class WriteParquetFn(beam.DoFn):
         files, written = [], 0
         for index, piece in enumerate(file_slices(rows, self.max_rows)):
             name = partition_file_name(table_name, day, spec.run_id, index)
-            staged = join(self.data_source, "_staging", spec.run_id, "data", table_name, name)
+            staged = staging_key(self.data_source, spec.run_id, "data", table_name, name)
             written += write_parquet(self.storage, staged, piece, self.schemas[table_name])
-            failpoint("after_staged_file")
+            checkpoint("after_staged_file")
             files.append({"staged": staged, "name": name, "table": table_name, "date": day,
                           "rows": piece.num_rows})
         self.written.inc(written)
@@ -258,7 +263,7 @@ class WriteDeadLettersFn(beam.DoFn):
 
     def process(self, element):
         rank, index, count, encoded = element
-        key = join(self.data_source, "_staging", self.run_id, "deadletter",
+        key = staging_key(self.data_source, self.run_id, "deadletter",
                    f"{rank:06d}_{index:06d}.jsonl.gz")
         self.storage.write_bytes(key, gzip.compress(encoded, compresslevel=1, mtime=0))
         self.dead_lettered.inc(count)
@@ -396,7 +401,7 @@ class ExportActivities(beam.PTransform):
             self.lake_url, self.data_source, self.specs, self.max_rows)
         dead = checked[DEAD_LETTERS] | "DeadLetters" >> WriteDeadLetters(
             self.lake_url, self.data_source, self.run_id)
-        outcome_key = join(self.data_source, "_staging", self.run_id, "outcome.json")
+        outcome_key = staging_key(self.data_source, self.run_id, "outcome.json")
         return (checked[TALLIES], deduped[TALLIES], written, dead) | "Summarize" >> SummarizeRun(
             self.lake_url, outcome_key)
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from insights_link.contract import (
+from insights_link.core.contract import (
     ACTION_NAME,
     EVENT_NAME,
     EXPORT_ID,

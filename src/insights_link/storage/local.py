@@ -1,15 +1,4 @@
-"""One small storage interface for the lake and for inputs.
-
-Every path the exporter touches below the lake root is a *key*: a POSIX-style relative path
-(``EngagementInsights/WebLog/FullData/2024/05/01/x.parquet``). Backends map keys to their own
-world: :class:`LocalStorage` to files under a folder, the Azure backend (``azure_storage``) to
-blobs below a container prefix. Nothing else in the project opens lake files directly.
-
-Guarantees every backend gives:
-- ``write_bytes`` / ``open_write`` are all-or-nothing: a reader sees the old object or the whole
-  new one, never a partial one (local: temp file + ``os.replace``; Azure: one block-blob commit).
-- ``list`` is recursive and returns keys sorted, so callers never depend on listing order.
-"""
+"""Keys as files below a local folder: the embedded default lake and local inputs."""
 
 from __future__ import annotations
 
@@ -20,100 +9,10 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-
-class StorageError(Exception):
-    """A storage operation failed; the message is safe to show (no secrets)."""
-
-
-class LockBusy(StorageError):
-    """Another run holds the lock."""
-
-
-class LockLost(StorageError):
-    """This process no longer holds the lock it took (a lapsed lease, a removed lock file):
-    it must not commit, move or delete anything."""
-
-
-class PreconditionFailed(StorageError):
-    """A conditional write found the object changed since the version the writer read."""
-
-
-class LockHandle(Protocol):
-    """A held lock: ``check()`` raises :class:`LockLost` once it can no longer be trusted."""
-
-    def check(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One stored object: its key, size in bytes and last-modified time (UTC), and a version
-    that changes on every write even when size and mtime are set back (``cp -p``, ``touch -r``):
-    local ``inode:ctime_ns`` (neither can be set back), the ETag on Azure; "" when unknown."""
-
-    key: str
-    size: int
-    modified: datetime
-    version: str = ""
-
-
-class Storage(Protocol):
-    """What the exporter needs from a lake or an input location."""
-
-    url: str
-
-    def describe(self, key: str = "") -> str:
-        """A human-readable location for ``key`` (a path or URL, never a secret)."""
-
-    def exists(self, key: str) -> bool: ...
-
-    def info(self, key: str) -> ObjectInfo | None:
-        """The object's info, or None when there is no object (folders are not objects)."""
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object below ``prefix`` (a folder key, '' for the root), recursively, sorted."""
-
-    def read_bytes(self, key: str) -> bytes: ...
-
-    def open_read(self, key: str) -> BinaryIO: ...
-
-    def write_bytes(self, key: str, data: bytes) -> None: ...
-
-    def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
-        """A binary file whose content becomes the object, all at once, when the block exits
-        without an exception (and is discarded otherwise)."""
-
-    def move(self, src: str, dst: str) -> None:
-        """Make ``dst`` hold ``src``'s bytes and remove ``src``. Each step is atomic per object;
-        the pair is not (blob stores copy then delete), so callers make moves re-runnable."""
-
-    def delete(self, key: str) -> None:
-        """Delete one object; a missing object is not an error."""
-
-    def delete_prefix(self, prefix: str) -> None:
-        """Delete every object below a folder key."""
-
-    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
-        """The object's bytes and version (None, None when absent). A version changes on every
-        write, even of identical bytes (local: inode and change time; Azure: the ETag)."""
-
-    def write_if(self, key: str, data: bytes, version: str | None) -> str:
-        """Write ``data`` only if the object is still at ``version`` (None: only if it does not
-        exist), as one atomic check-and-write; returns the new version. Raises
-        :class:`PreconditionFailed` otherwise. This is the commit point's fence."""
-
-    def lock(self, key: str) -> contextlib.AbstractContextManager[LockHandle]:
-        """Hold an exclusive lock named by ``key`` for the block, or raise :class:`LockBusy` at
-        once. A holder that dies loses the lock by itself (a released file lock, an expiring
-        lease). The yielded handle's ``check()`` says whether it is still held."""
-
-
-def join(*parts: str) -> str:
-    """Join key parts with '/', ignoring empty parts: ``join("a", "", "b/c") == "a/b/c"``."""
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+from insights_link.storage.base import LockBusy, LockLost, ObjectInfo, PreconditionFailed, StorageError
 
 
 def _process_umask() -> int:
@@ -320,18 +219,3 @@ def _lock_holder(path: str) -> str:
             return f.read(200).strip() or "holder unknown"
     except OSError:
         return "holder unknown"
-
-
-def open_storage(url: str) -> Storage:
-    """The storage for a lake root or input location: a local folder or an ``abfss://`` /
-    ``https://<account>.dfs|blob.core.windows.net`` URL."""
-    if is_remote(url):
-        from insights_link.azure_storage import AzureStorage  # Azure SDKs load only when used
-
-        return AzureStorage.from_url(url)
-    return LocalStorage(url)
-
-
-def is_remote(url: str) -> bool:
-    """True for Azure URLs (``abfss://``, ``abfs://``, ``https://``, ``http://``)."""
-    return url.split("://", 1)[0].lower() in {"abfss", "abfs", "https", "http"} and "://" in url

@@ -20,9 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insights_link.contract import EVENT_NAME, UTC_MICROS, activity_schema
-from insights_link.inputs import RawBlock
-from insights_link.records import (
+from insights_link.core.blocks import RawBlock
+from insights_link.core.contract import EVENT_NAME, UTC_MICROS, activity_schema
+from insights_link.core.records import (
     Activity,
     Rejection,
     check_event,
@@ -216,7 +216,7 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
 def process_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     """Validate, filter and map one block (the entry point the pipeline uses)."""
     if block.fmt == "jsonl":
-        from insights_link.fastpath import process_jsonl_block
+        from insights_link.core.fastpath import process_jsonl_block
 
         result = process_jsonl_block(block, spec)
     else:

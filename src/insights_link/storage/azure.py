@@ -51,7 +51,8 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob import ExponentialRetry as BlobExponentialRetry
 
-from insights_link.storage import (
+from insights_link.storage.base import (
+    CredentialsError,
     LockBusy,
     LockLost,
     ObjectInfo,
@@ -485,6 +486,13 @@ def to_storage_error(
     )
     from azure.identity import CredentialUnavailableError
 
+    credentials_problem = (
+        isinstance(exc, CredentialUnavailableError | ClientAuthenticationError)
+        or code in _PERMISSION_CODES
+        or code in _AUTH_CODES
+        or code == "AuthorizationFailure"
+        or status in (401, 403)
+    )
     if isinstance(exc, CredentialUnavailableError) or (
         isinstance(exc, ClientAuthenticationError)
         and "DefaultAzureCredential failed to retrieve a token" in str(exc)
@@ -541,7 +549,8 @@ def to_storage_error(
     else:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         message = f"cannot {action} {where}: {type(exc).__name__}: {first}"
-    return StorageError(_one_line(scrub(message), limit=600))
+    error = CredentialsError if credentials_problem else StorageError
+    return error(_one_line(scrub(message), limit=600))
 
 
 def _network_detail(exc: BaseException) -> str:

@@ -21,15 +21,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insights_link.batch import (
+from insights_link.core.batch import (
     POSITION,
     RANK,
     ActivitySpec,
     BlockResult,
     process_block_reference,
 )
-from insights_link.contract import UTC_MICROS
-from insights_link.inputs import RawBlock
+from insights_link.core.blocks import RawBlock
+from insights_link.core.contract import UTC_MICROS
 
 _local = threading.local()
 

@@ -1,0 +1,57 @@
+"""The units records travel in: an input file's identity and a block of its raw records."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from insights_link.core.paths import is_remote
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: where it is (storage root + key), its format and fingerprint."""
+
+    root: str
+    key: str
+    fmt: str
+    size: int
+    modified: str  # ISO 8601 UTC
+    rank: int = 0  # position in the run's sorted input list: the dedupe tie-breaker
+    #: what changes on every rewrite even when size and mtime are restored (``cp -p``,
+    #: ``touch -r``): local ``inode:ctime_ns``, the blob's ETag on Azure; see ``ObjectInfo.version``
+    version: str = ""
+
+    @property
+    def source(self) -> str:
+        """The location shown to people and written to dead letters."""
+        if is_remote(self.root):
+            return self.root.rstrip("/") + "/" + self.key
+        return os.path.join(self.root, *self.key.split("/"))
+
+    @property
+    def compressed(self) -> bool:
+        return self.key.lower().endswith(".gz")
+
+
+@dataclass
+class RawBlock:
+    """Up to ``block_records`` raw records of one file, in file order."""
+
+    source: str
+    rank: int
+    index: int
+    fmt: str
+    positions: list[int] = field(default_factory=list)
+    payloads: list[Any] = field(default_factory=list)
+    header: list[str] | None = None  # CSV only
+    #: a record standing for an unreadable rest of the file: (position, detail)
+    unreadable: tuple[int, str] | None = None
+    #: the activity tables that read this file
+    activities: tuple[str, ...] = ()
+    #: records the reader already found malformed (a line over the size limit, a CSV record that
+    #: is not valid CSV): index in ``payloads`` -> detail. Their payloads are shaped so that the
+    #: decoders reject them as ``malformed`` too (a JSON line's start with its length appended;
+    #: for CSV the raw line text as the only cell), so they are counted and dead-lettered.
+    malformed: dict[int, str] = field(default_factory=dict)

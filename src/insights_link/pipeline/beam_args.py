@@ -1,0 +1,68 @@
+"""Beam's own options: which arguments Beam knows, and whether the chosen runner can run here.
+
+Strictness lives here, in one place: an argument neither insights-link nor Beam knows (a typo,
+or a glob the shell expanded into extra words) is a usage error instead of being ignored with
+a warning, as Beam would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from insights_link.errors import UsageError
+
+BEAM_OPTIONS_DOC = "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html"
+
+
+class _Collector(argparse.ArgumentParser):
+    """A plain parser that also takes the value-provider arguments Beam's option classes add."""
+
+    def add_value_provider_argument(self, *args: Any, **kwargs: Any) -> None:
+        self.add_argument(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _option_classes(cls: type = PipelineOptions) -> list[type]:
+    found: list[type] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_option_classes(sub))
+    return found
+
+
+def unknown_beam_arguments(args: list[str]) -> list[str]:
+    """The arguments in ``args`` that no Beam option class declares."""
+    if not args:
+        return []
+    parser = _Collector(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    for cls in _option_classes():
+        cls._add_argparse_args(parser)  # the documented hook every PipelineOptions subclass defines
+    _known, unknown = parser.parse_known_args(args)
+    return unknown
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """A runner Beam doesn't know, or one whose extras aren't installed, is a usage error."""
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner
+    if name is None or not isinstance(name, str):
+        return
+    try:
+        runner = create_runner(name)
+    except ValueError as exc:
+        raise UsageError(f"--runner {name!r} is not a runner Beam knows ({str(exc).splitlines()[0][:160]})") from None
+    except ImportError as exc:
+        extra = "gcp" if "dataflow" in name.lower() else "the runner's extras"
+        raise UsageError(f"--runner {name} can't start here: {exc} (install apache-beam[{extra}])") from None
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    errors = PipelineOptionsValidator(options, runner).validate()
+    if errors:
+        problems = "; ".join(" ".join(e.split()) for e in errors)
+        raise UsageError(f"--runner {name}: its options are incomplete: {problems[:400]}")

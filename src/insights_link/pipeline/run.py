@@ -1,0 +1,284 @@
+"""The run: ``run(argv)`` is the one entry point the CLI and launchers use.
+
+A run: parse and check options and the job file (usage errors before anything is written) ->
+resolve inputs -> take the data source's lock -> recover what a dead run left -> skip inputs
+earlier runs committed -> run the Beam pipeline (writes only to staging) -> check the balance and
+the rejected ratio -> commit -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from insights_link import lifecycle
+from insights_link.core.batch import ActivitySpec
+from insights_link.core.blocks import InputFile
+from insights_link.core.contract import (
+    REASONS,
+    activity_columns,
+)
+from insights_link.errors import (
+    CommitStateUnknown,
+    CommittedWithErrors,
+    DataSourceBusy,
+    GrantFailed,
+    Interrupted,
+    RunFailed,
+    TooManyRejected,
+    UsageError,
+)
+from insights_link.lake.commit import (
+    CommitLost,
+    CommitUnfinished,
+    CommitUnknown,
+    Lake,
+    LakeBusy,
+    LakeState,
+)
+from insights_link.lifecycle import mark_launcher
+from insights_link.pipeline.graph import COUNTS, ExportActivities, counter_totals, empty_counts, empty_outcome
+from insights_link.pipeline.options import RunConfig, parse_args
+from insights_link.pipeline.plan import existing_partitions, plan_inputs
+from insights_link.progress import Progress, mode_for
+from insights_link.storage import CredentialsError, LockLost, StorageError, open_storage
+from insights_link.storage.resolve import InputError, resolve_inputs
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def run(argv: list[str] | None = None, clock: Clock = utc_now) -> dict:
+    """Run one export; returns the committed run report. Raises UsageError / RunFailed.
+
+    ``clock`` is the run's injectable clock: it gives ``started_at``, LastUpdated, ``finished_at``
+    and the commit hour of incremental files. ``--run-time`` fixes it for the whole run.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config, options = parse_args(argv, clock())
+    if config.clock_fixed:
+        def clock() -> datetime:
+            return config.run_time
+    files_by_activity = _resolve_all(config)
+    try:
+        lake = Lake(open_storage(config.output), config.data_source)
+        if config.grant_read:
+            _check_grant_read(lake)
+        with lake.locked(config.lock_wait):
+            return _locked_run(config, options, lake, files_by_activity, clock)
+    except LakeBusy as exc:
+        raise DataSourceBusy(str(exc)) from exc
+    except (StorageError, OSError) as exc:
+        raise RunFailed(str(exc)) from exc
+
+
+def _resolve_all(config: RunConfig) -> dict[str, list[InputFile]]:
+    try:
+        return {a.name: resolve_inputs(list(a.inputs), config.input_format) for a in config.activities}
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
+    except CredentialsError as exc:
+        raise UsageError(f"--input: {exc}") from exc
+    except StorageError as exc:
+        raise RunFailed(str(exc)) from exc
+
+
+def _check_grant_read(lake: Lake) -> None:
+    """--grant-read needs ADLS Gen2 with a hierarchical namespace: say so before writing."""
+    check = getattr(lake.storage, "is_hns_enabled", None)
+    if check is None:
+        raise UsageError("--grant-read sets ADLS Gen2 ACLs; the output is a local folder")
+    if not check():
+        raise UsageError(f"--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
+                         f"{lake.storage.describe()} has none")
+
+
+def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
+                files_by_activity: dict[str, list[InputFile]], clock: Clock) -> dict:
+    lake.recover()
+    lake.sweep_abandoned()
+    if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")):
+        raise UsageError(f"--run-id {config.run_id!r} was already used in data source "
+                         f"{config.data_source!r}; run ids must be unique")
+    try:
+        state = lake.read_state()
+    except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
+        raise RunFailed(f"cannot read the data source's committed state: {exc}") from exc
+    columns = {a.name: activity_columns(a.properties) for a in config.activities}
+    for name, cols in columns.items():
+        declared = state.columns.get(name)
+        if declared is not None and declared != [c.name for c in cols]:
+            raise UsageError(
+                f"table {name!r} already has columns {declared}; this run would write "
+                f"{[c.name for c in cols]} (Customer Insights rejects a changed column set)")
+    all_files = sorted({(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
+                       key=lambda f: (f.root, f.key))
+    all_files = [dataclasses.replace(f, rank=rank) for rank, f in enumerate(all_files)]
+    wanted: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name, fs in files_by_activity.items():
+        for f in fs:
+            wanted[(f.root, f.key)] = (*wanted.get((f.root, f.key), ()), name)
+    work, entries = plan_inputs(all_files, wanted, state, config.reprocess)
+    specs = {a.name: ActivitySpec(a.name, a.activity_type, a.properties, config.run_id, config.run_time,
+                                  a.event_names, config.since, config.until) for a in config.activities}
+    report = {
+        "run_id": config.run_id, "status": "running", "started_at": _iso(clock()),
+        "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
+        "tables": sorted(specs), "inputs": entries,
+    }
+    logger.info("run %s: %d input file(s), %d to process, %d skipped", config.run_id,
+                len(all_files), len(work), len(all_files) - len(work))
+    try:
+        display = Progress(len(work), sum(f.size for f, _ in work), mode_for(config.quiet, config.log_format))
+        with display:
+            outcome = _run_pipeline(config, options, lake, state, specs, work)
+        counts = _counts(outcome, specs)
+        report.update(counts)
+        report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
+        _check_balance(counts)
+        _check_rejected_ratio(counts, config.max_rejected_ratio)
+        _check_unreadable(report["unreadable_inputs"], config.fail_on_unreadable)
+        finished = clock()
+        report["finished_at"] = _iso(finished)
+        located = lake.locate(outcome["files"], config.layout, finished)
+        logger.info("committing %d file(s) and %d dead letter(s) to %s", len(located),
+                    sum(counts["rejected"].values()), lake.describe())
+        report = lake.commit(config.run_id, report, located, outcome["dead_letter_files"], columns)
+    except CommitUnfinished as exc:
+        raise CommittedWithErrors(str(exc)) from exc
+    except CommitUnknown as exc:
+        if _fail(lake, report, config, exc, clock) == "committed":
+            raise CommittedWithErrors(f"{exc}; it has since been found committed") from exc
+        raise CommitStateUnknown(str(exc)) from exc
+    except (CommitLost, LockLost) as exc:
+        _fail(lake, report, config, exc, clock)  # touches nothing once the lock is lost
+        raise RunFailed(str(exc)) from exc
+    except (StorageError, RunFailed, OSError) as exc:
+        _fail(lake, report, config, exc, clock)
+        raise
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as Interrupted: settle, then stop
+        exc.committed = _fail(lake, report, config, exc, clock) == "committed"  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:  # a worker error surfaces here wrapped by the runner
+        settled = _fail(lake, report, config, exc, clock)
+        if lifecycle.received_signal is not None:  # a signal raised inside a DoFn, re-wrapped
+            interrupted = Interrupted(lifecycle.received_signal)
+            interrupted.committed = settled == "committed"  # type: ignore[attr-defined]
+            raise interrupted from exc
+        raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
+    if config.grant_read:
+        try:
+            lake.storage.grant_read(lake.key(), list(config.grant_read))
+        except StorageError as exc:
+            raise GrantFailed(f"the run committed, but --grant-read failed (re-run to grant again): {exc}") from exc
+    return report
+
+
+def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state: LakeState,
+                  specs: dict[str, ActivitySpec], work: list[tuple[InputFile, tuple[str, ...]]]) -> dict:
+    if not work:
+        return empty_outcome()
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"  # DirectRunner tries GitHub first
+    existing = existing_partitions(lake, state, list(specs))
+    recorded = frozenset(lake.recorded_dead_letters(f.source for f, _ in work))
+    p = beam.Pipeline(options=options)
+    _ = (
+        p
+        | "Inputs" >> beam.Create(work)
+        | "Export" >> ExportActivities(specs, config.run_id, config.output, config.data_source, existing,
+                                       config.block_records, config.max_rows_per_file, recorded)
+    )
+    mark_launcher()
+    result = p.run()
+    state_name = result.wait_until_finish()
+    if state_name not in (None, "DONE"):
+        raise RunFailed(f"the pipeline ended in state {state_name}")
+    logger.debug("metrics: %s", dict(counter_totals(result)))
+    return json.loads(lake.storage.read_bytes(lake.staging(config.run_id, "outcome.json")))
+
+
+def _counts(outcome: dict, specs: dict[str, ActivitySpec]) -> dict:
+    """Report counts: per activity table, and their sums at the top level."""
+    per_table = {}
+    total = empty_counts()
+    for name, spec in sorted(specs.items()):
+        counts = empty_counts()
+        got = outcome["tables"].get(name, {})
+        for key in COUNTS:
+            counts[key] = got.get(key, 0)
+        counts["rejected"] = {reason: got.get("rejected", {}).get(reason, 0) for reason in REASONS}
+        per_table[name] = {"activity_type": spec.activity_type} | counts
+        for key in COUNTS:
+            total[key] += counts[key]
+        for reason in REASONS:
+            total["rejected"][reason] += counts["rejected"][reason]
+    return total | {"activities": per_table}
+
+
+def _check_balance(counts: dict) -> None:
+    for name, c in counts["activities"].items():
+        accounted = c["activities_written"] + c["duplicates_dropped"] + sum(c["rejected"].values()) + c["filtered_out"]
+        if accounted != c["records_read"]:
+            raise RunFailed(f"records of {name} do not balance: read {c['records_read']}, "
+                            f"accounted for {accounted}")
+
+
+def _check_unreadable(unreadable: list[dict], fail: bool) -> None:
+    """With ``--fail-on-unreadable``, a file that could not be read to its end fails the run."""
+    if fail and unreadable:
+        names = ", ".join(sorted({u["source"] for u in unreadable}))
+        raise TooManyRejected(f"{len(unreadable)} input file(s) could not be read to their end ({names}) "
+                              "and --fail-on-unreadable is set; nothing was committed")
+
+
+def _check_rejected_ratio(counts: dict, limit: float | None) -> None:
+    """Fail when more than ``limit`` of the records that reached validation were rejected.
+
+    Records an activity's event_names filter left out never reached validation; the time window
+    applies after validation, so those records did.
+    """
+    if limit is None:
+        return
+    rejected = sum(counts["rejected"].values())
+    reached = counts["records_read"] - counts.get("filtered_by_name", 0)
+    if reached and rejected / reached > limit:
+        raise TooManyRejected(
+            f"{rejected} of {reached} records were rejected ({rejected / reached:.1%}), more than "
+            f"--max-rejected-ratio {limit:g}; nothing was committed")
+
+
+def _fail(lake: Lake, report: dict, config: RunConfig, exc: BaseException, clock: Clock) -> str | None:
+    """Settle a failed run (signals held off meanwhile); returns "committed" when it turns out
+    the commit had become visible, "rolled back" when undone, None when left to the next run."""
+    report = dict(report, error=_first_line(exc), finished_at=_iso(clock()))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return lake.record_failure(config.run_id, report)
+    except StorageError as cleanup:
+        logger.warning("could not settle the failed run (the next run will): %s", cleanup)
+        return None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
