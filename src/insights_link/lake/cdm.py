@@ -7,9 +7,8 @@ locations are relative to the manifest's folder so the folder can be copied or m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from insights_link.core.contract import Column
 
