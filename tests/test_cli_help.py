@@ -115,7 +115,7 @@ NO_CREDENTIALS = {"AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_KEY": ""
     (["--lock-wait", "-3"], "--lock-wait", {}),
     (["--since", "2024-13-01"], "--since", {}),
     (["--data-source", ""], "--data-source", {}),
-    (["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"], "credentials", NO_CREDENTIALS),
+    (["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"], "credential settings", NO_CREDENTIALS),
 ])
 def test_configuration_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, source, extra, named, env):
     lake = tmp_path / "lake"
@@ -176,3 +176,20 @@ def test_no_path_outside_the_repository_in_readme():
     readme = (REPO / "README.md").read_text()
     assert "../shared" not in readme and "/work/" not in readme
     assert Path(REPO / "docs").is_dir()
+
+
+def test_no_azure_credentials_at_all_is_one_line_exit_2_without_retries(tmp_path, source):
+    """No credential anywhere (managed identity probed on a closed loopback port, no CLI login):
+    one line that says what to set, no retry warnings, nothing written."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MSI_", "IDENTITY_"))}
+    env.update({"IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token", "IDENTITY_HEADER": "none",
+                "HOME": str(tmp_path)})
+    run = subprocess.run([sys.executable, "-m", "insights_link.cli", "export", "--input", str(source),
+                          "--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = [x for x in run.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "no Azure credentials" in lines[0], run.stderr
+    assert "AZURE_STORAGE_CONNECTION_STRING" in lines[0]

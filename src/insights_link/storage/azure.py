@@ -281,6 +281,12 @@ class _BackoffMixin:
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
         return self.settings.delay(int(settings.get("count", 1)))
 
+    def increment(self, settings: dict[str, Any], *args: Any, error: Any = None, **kwargs: Any) -> bool:
+        """Never retry a failure to get a token: missing or wrong credentials are not transient."""
+        if isinstance(error, ClientAuthenticationError):
+            return False
+        return super().increment(settings, *args, error=error, **kwargs)  # type: ignore[misc]
+
     def sleep(self, settings: dict[str, Any], transport: Any) -> None:
         delay = self.get_backoff_time(settings)
         history = settings.get("history") or []
@@ -604,7 +610,10 @@ def _connect(
     else:
         from azure.identity import DefaultAzureCredential
 
-        credential = DefaultAzureCredential()
+        try:
+            credential = DefaultAzureCredential()
+        except ValueError as exc:  # e.g. AZURE_CLIENT_ID set but empty
+            raise CredentialsError(f"invalid Azure credential settings in the environment: {exc}") from None
     service = BlobServiceClient(location.blob_account_url, credential=credential, **blob_kwargs)
 
     def datalake_with_credential() -> DataLakeServiceClient:
