@@ -85,25 +85,25 @@ def _csv_records(stream) -> Iterator[tuple[int, list[str], list[str], str | None
         line = next_line()
         if line is None:
             break
-        row = _next_row(line, next_line, pending, limit)
+        parsed = _next_row(line, next_line, pending, limit)
         if header is None:
-            if isinstance(row, list):
-                header = [h.strip() for h in row]
+            if isinstance(parsed, list):
+                header = [h.strip() for h in parsed]
                 after_header = bool(pending)
                 continue
-            raise ValueError(f"the CSV header is not valid CSV: {row}")
-        if isinstance(row, list):
-            if not row or all(cell == "" for cell in row) and len(row) <= 1:
+            raise ValueError(f"the CSV header is not valid CSV: {parsed}")
+        if isinstance(parsed, list):
+            if not parsed or all(cell == "" for cell in parsed) and len(parsed) <= 1:
                 continue
             record += 1
-            yield record, row, header, None
+            yield record, parsed, header, None
             continue
         record += 1
         if isinstance(line, LongLine):
             yield record, _malformed_cells(header, _text(line.payload(limit))), header, line.detail(limit)
         else:
             yield (record, _malformed_cells(header, _text(line).rstrip("\r\n")), header,
-                   f"malformed: not valid CSV ({row}); only this line was rejected, reading resumed "
+                   f"malformed: not valid CSV ({parsed}); only this line was rejected, reading resumed "
                    "at the next line")
 
 
