@@ -115,6 +115,9 @@ NO_CREDENTIALS = {"AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_KEY": ""
     (["--lock-wait", "-3"], "--lock-wait", {}),
     (["--since", "2024-13-01"], "--since", {}),
     (["--data-source", ""], "--data-source", {}),
+    (["--activity-name", "A" * 300], "--activity-name", {}),
+    (["--run-id", "r" * 300], "--run-id", {}),
+    (["--run-id", "a/b"], "--run-id", {}),
     (["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"], "credential settings", NO_CREDENTIALS),
 ])
 def test_configuration_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, source, extra, named, env):
