@@ -8,6 +8,7 @@ namespace, ACLs) is tested at the SDK boundary with small fakes whose test names
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -631,8 +632,9 @@ def test_merge_acl_widens_and_never_narrows() -> None:
 def test_lease_is_exclusive_and_released(store: AzureStorage) -> None:
     with store.lease("_locks/WebLog.lock", seconds=15) as held:  # container created on demand
         assert held.id
-        with pytest.raises(LockBusy, match=r"WebLog\.lock"), store.lease("_locks/WebLog.lock", 15):
+        with pytest.raises(LockBusy, match=r"WebLog\.lock") as busy, store.lease("_locks/WebLog.lock", 15):
             pass
+        assert f"held by pid {os.getpid()}" in str(busy.value) and " since " in str(busy.value)
         held.renew()
     with store.lease("_locks/WebLog.lock", seconds=15):
         pass

@@ -58,6 +58,7 @@ from insights_link.storage.base import (
     ObjectInfo,
     PreconditionFailed,
     StorageError,
+    holder_text,
     join,
 )
 
@@ -1066,6 +1067,8 @@ class AzureStorage:
         blob = self._blob(key)
         with self._azure_errors("lock", key):
             client = self._acquire(blob, key, seconds)
+            with contextlib.suppress(HttpResponseError):  # who holds it, for a waiting run's message
+                blob.set_blob_metadata({"holder": holder_text()}, lease=client)
         held = Lease(self, key, client, seconds)
         try:
             yield held
@@ -1119,9 +1122,12 @@ class AzureStorage:
                     blob.upload_blob(b"", overwrite=False)
             except HttpResponseError as exc:
                 if _error_code(exc) == "LeaseAlreadyPresent":
+                    holder = "holder unknown"
+                    with contextlib.suppress(AzureError):
+                        holder = (blob.get_blob_properties().metadata or {}).get("holder", holder)
                     raise LockBusy(
-                        f"{self.describe(key)} is locked: another run holds its lease "
-                        "(a lease ends by itself at most 60 s after its holder stops)"
+                        f"{self.describe(key)} is locked: another run holds its lease ({holder}; "
+                        "a lease ends by itself at most 60 s after its holder stops)"
                     ) from exc
                 raise
         raise StorageError(f"cannot create the lock blob {self.describe(key)}")

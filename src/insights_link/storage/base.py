@@ -14,11 +14,19 @@ Guarantees every backend gives:
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
 
 from insights_link.core.paths import is_remote, join  # noqa: F401 - the storage vocabulary
+
+
+def holder_text() -> str:
+    """Who holds a lock: host, process id and since when (UTC), one line."""
+    since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"held by pid {os.getpid()} on {socket.gethostname()} since {since}"
 
 
 class StorageError(Exception):

@@ -6,13 +6,19 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from insights_link.storage.base import LockBusy, LockLost, ObjectInfo, PreconditionFailed, StorageError
+from insights_link.storage.base import (
+    LockBusy,
+    LockLost,
+    ObjectInfo,
+    PreconditionFailed,
+    StorageError,
+    holder_text,
+)
 
 
 def _process_umask() -> int:
@@ -199,18 +205,12 @@ class LocalStorage:
                 os.close(fd)  # removed between open and flock: lock the new file instead
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+            os.pwrite(fd, holder_text().encode("utf-8"), 0)
             yield handle
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-
-
-def _holder_text() -> str:
-    """Who holds a lock: host, process id and since when (UTC), one line."""
-    since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return f"held by pid {os.getpid()} on {socket.gethostname()} since {since}"
 
 
 def _lock_holder(path: str) -> str:

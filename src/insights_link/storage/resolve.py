@@ -23,19 +23,57 @@ class InputError(UsageError):
     """An ``--input`` value is unusable (matches nothing, unknown format...); names the value."""
 
 
-def resolve_inputs(values: list[str], input_format: str | None = None) -> list[InputFile]:
-    """Expand ``--input`` values to files, sorted by location; raises :class:`InputError`."""
+#: how many names of skipped files a warning shows
+SKIPPED_EXAMPLES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Files of unsupported types an ``--input`` folder or glob held (not read)."""
+
+    value: str
+    names: tuple[str, ...]  # relative to the folder or the glob's fixed base, sorted
+
+    def warning(self) -> str:
+        shown = ", ".join(self.names[:SKIPPED_EXAMPLES]) + (", ..." if len(self.names) > SKIPPED_EXAMPLES else "")
+        return (f"skipped {len(self.names)} file{'s' if len(self.names) != 1 else ''} of unsupported types "
+                f"in {self.value}: {shown}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What ``--input`` values expand to: the files to read and what was left out."""
+
+    files: list[InputFile]
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [s.warning() for s in self.skipped]
+
+
+def resolve_inputs(values: list[str], input_format: str | None = None) -> Resolved:
+    """Expand ``--input`` values to files, sorted by location; raises :class:`InputError`.
+
+    An existing folder (or a glob whose fixed base folder exists) that holds no supported file
+    is not an error: the run has nothing to do. Files of unsupported types found while
+    expanding a folder or glob are named in :attr:`Resolved.skipped`.
+    """
     found: dict[tuple[str, str], InputFile] = {}
+    skipped: list[Skipped] = []
     for value in values:
-        matches = _resolve_remote(value, input_format) if is_remote(value) else _resolve_local(
-            value, input_format
+        unsupported: list[str] = []
+        matches = _resolve_remote(value, input_format, unsupported) if is_remote(value) else _resolve_local(
+            value, input_format, unsupported
         )
         if not matches:
-            raise InputError(f"--input {value!r} matches no supported input file")
+            logger.info("input %s holds no supported input file", value)
+        if unsupported:
+            skipped.append(Skipped(value, tuple(sorted(unsupported))))
         for f in matches:
             found[(f.root, f.key)] = f
     ordered = sorted(found.values(), key=lambda f: (f.root, f.key))
-    return [dataclasses.replace(f, rank=rank) for rank, f in enumerate(ordered)]
+    return Resolved([dataclasses.replace(f, rank=rank) for rank, f in enumerate(ordered)], skipped)
 
 
 def _pick_format(key: str, explicit: bool, input_format: str | None, value: str) -> str | None:
@@ -60,13 +98,14 @@ def _walk_files(folder: str) -> list[str]:
     return files
 
 
-def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
+def _resolve_local(value: str, input_format: str | None, unsupported: list[str]) -> list[InputFile]:
     """A file (read even if it is a symlink: it was named), a folder or a glob.
 
     Expanding a folder or glob reads regular files only: a symbolic link found below it (to a
     file or folder, pointing inside or outside) is skipped with a warning, so an input folder
     never leads out of itself (``link -> /etc/passwd``) and a file linked twice is not read twice.
-    Name a link as ``--input`` to read it.
+    Name a link as ``--input`` to read it. Files of unsupported types are appended to
+    ``unsupported`` (relative to the folder or the glob's fixed base).
     """
     path = os.path.abspath(os.path.expanduser(value))
     storage = LocalStorage("/")
@@ -74,13 +113,16 @@ def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
         key = path.lstrip("/").replace(os.sep, "/")
         fmt = _pick_format(key, True, input_format, value)
         info = storage.info(key)
-        return [InputFile("/", key, fmt, info.size, info.modified.isoformat(), version=info.version)] if (
-            fmt and info) else []
+        if not (fmt and info):
+            raise InputError(f"--input {value!r} does not exist")
+        return [InputFile("/", key, fmt, info.size, info.modified.isoformat(), version=info.version)]
     if os.path.isdir(path):
         base = path  # what a folder or glob expands below: hidden/_ parts under it are skipped
         candidates = _walk_files(path)
     elif glob.has_magic(value):
         base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit(os.sep, 1)[0] or os.sep
+        if not os.path.isdir(base):
+            raise InputError(f"--input {value!r}: the folder {base} does not exist")
         candidates = []
         for hit in glob.glob(path, recursive=True):
             candidates.extend(_walk_files(hit) if os.path.isdir(hit) else [hit])
@@ -98,13 +140,19 @@ def _resolve_local(value: str, input_format: str | None) -> list[InputFile]:
             continue
         key = candidate.lstrip("/").replace(os.sep, "/")
         fmt = _pick_format(key, False, input_format, value)
-        info = storage.info(key) if fmt else None
-        if fmt and info:
+        if fmt is None:
+            unsupported.append(relative.replace(os.sep, "/"))
+            continue
+        info = storage.info(key)
+        if info:
             files.append(InputFile("/", key, fmt, info.size, info.modified.isoformat(), version=info.version))
     return files
 
 
-def _resolve_remote(value: str, input_format: str | None) -> list[InputFile]:
+def _resolve_remote(value: str, input_format: str | None, unsupported: list[str]) -> list[InputFile]:
+    """A blob, a folder (prefix) or a glob below an Azure URL. A prefix that lists nothing is
+    missing (object stores have no empty folders); one that lists only hidden or unsupported
+    files is an existing input with nothing to read."""
     if QUERY_STRING.search(value):  # never echo it: it may be a SAS token
         raise InputError(
             f"--input {value.split('?', 1)[0] + '?...'!r}: remove the query string (put a SAS token in "
@@ -120,13 +168,18 @@ def _resolve_remote(value: str, input_format: str | None) -> list[InputFile]:
         head = key[: min(key.index(ch) for ch in "*?[" if ch in key)]
         prefix = head.rsplit("/", 1)[0] if "/" in head else ""
         pattern = glob_regex(key)
-        infos = [o for o in storage.list(prefix) if pattern.fullmatch(o.key)]
+        listed = storage.list(prefix)
+        if not listed:
+            raise InputError(f"--input {value!r}: nothing exists below {prefix or 'the file system root'!r}")
+        infos = [o for o in listed if pattern.fullmatch(o.key)]
         explicit = False
     else:
         single = storage.info(key) if key else None
         prefix = key.strip("/")
         infos = [single] if single else storage.list(key)
         explicit = single is not None
+        if not infos:
+            raise InputError(f"--input {value!r} does not exist")
     for info in infos:
         relative = info.key[len(prefix):] if prefix and info.key.startswith(prefix + "/") else info.key
         if not explicit and is_hidden(relative):
@@ -135,4 +188,6 @@ def _resolve_remote(value: str, input_format: str | None) -> list[InputFile]:
         if fmt:
             files.append(InputFile(root, info.key, fmt, info.size, info.modified.isoformat(),
                                    version=info.version))
+        else:
+            unsupported.append(relative.lstrip("/"))
     return files
