@@ -21,8 +21,7 @@ def plan_inputs(files: list[InputFile], wanted: dict[tuple[str, str], tuple[str,
                 reprocess: bool) -> tuple[list[tuple[InputFile, tuple[str, ...]]], list[dict]]:
     """Which inputs to process for which activities; the report's ``inputs`` entries.
 
-    A file is skipped for an activity that already committed it (same path, size and modified
-    time), so an activity added to a job later still reads the files others have committed.
+    A file is skipped for an activity that already committed it (same path, size, modified time and storage version: local inode and change time, the blob's ETag), so an activity added to a job later still reads the files others have committed.
     """
     work, entries = [], []
     for f in files:

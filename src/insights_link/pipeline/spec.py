@@ -222,8 +222,8 @@ def markdown_table() -> str:
     """The README's option table, generated from :data:`OPTIONS`."""
     rows = ["| option | job-file key | default | meaning |", "| --- | --- | --- | --- |"]
     for o in OPTIONS:
-        flag = f"`{o.flag}" + (f" {o.metavar}`" if o.metavar else (f" {'|'.join(o.choices)}`" if o.choices
-                                                                      else "`"))
+        shown = o.metavar or ("|".join(o.choices) if o.choices else "")
+        flag = f"`{o.flag}{' ' + shown if shown else ''}`".replace("|", "\\|")  # a bare | splits the cell
         key = "" if not o.job else (f"`[[activity]] {o.key}`" if o.scope == "activity" else f"`{o.key}`")
         rows.append(f"| {flag} | {key} | {o.default_text()} | {o.help} |")
     rows.append("| any Apache Beam option | `pipeline_options` (a list) | | e.g. `--runner`, "
