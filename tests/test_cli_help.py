@@ -4,6 +4,7 @@ before anything is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -78,6 +79,7 @@ def test_every_run_option_has_a_job_key_and_the_job_file_takes_it(tmp_path):
     ("max_rows_per_file", "0"), ("max_rows_per_file", "-5"), ("block_records", "0"), ("lock_wait", "-1"),
     ("max_rejected_ratio", "1.5"), ("data_source", '""'), ("layout", '"sideways"'), ("since", '"yesterday"'),
     ("max_rows_per_file", '"many"'), ("reprocess", '"yes"'), ("grant_read", '[""]'), ("nonsense", "1"),
+    ("lock_wait", "nan"), ("max_rows_per_file", "1e300"), ("grant_read", "[]"),
 ])
 def test_bad_job_file_values_are_usage_errors_naming_the_key(tmp_path, key, value):
     job = tmp_path / "job.toml"
@@ -118,6 +120,11 @@ NO_CREDENTIALS = {"AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_KEY": ""
     (["--activity-name", "A" * 300], "--activity-name", {}),
     (["--run-id", "r" * 300], "--run-id", {}),
     (["--run-id", "a/b"], "--run-id", {}),
+    (["--max-rows-per-file", "9" * 30], "--max-rows-per-file", {}),
+    (["--runner=os.system"], "os.system", {}),
+    (["--direct_num_workers=-3"], "direct_num_workers", {}),
+    (["--runner=PortableRunner"], "job_endpoint", {}),
+    (["--job", ""], "--job", {}),
     (["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"], "credential settings", NO_CREDENTIALS),
 ])
 def test_configuration_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, source, extra, named, env):
@@ -196,3 +203,42 @@ def test_no_azure_credentials_at_all_is_one_line_exit_2_without_retries(tmp_path
     lines = [x for x in run.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "no Azure credentials" in lines[0], run.stderr
     assert "AZURE_STORAGE_CONNECTION_STRING" in lines[0]
+
+
+def test_empty_event_names_list_in_a_job_is_a_usage_error(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text('output = "lake"\n[[activity]]\nname = "T"\ninputs = ["in"]\nevent_names = []\n')
+    with pytest.raises(JobFileError, match="event_names"):
+        load_job(str(job))
+
+
+def test_job_file_output_settings_count_like_flags(tmp_path, source):
+    """log_format, quiet and a TOML date for since, set in the job file, take effect."""
+    job = tmp_path / "job.toml"
+    job.write_text(f'output = "{tmp_path / "lake"}"\nlog_format = "json"\nquiet = true\nsince = 2024-05-01\n'
+                   f'[[activity]]\nname = "WebLog"\ninputs = ["{source}"]\n')
+    run = run_cli("export", "--job", str(job))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["status"] == "committed" and report["activities_written"] == 1
+    assert "INFO" not in run.stderr
+
+
+def test_conditional_write_waits_only_so_long_for_a_frozen_writer(tmp_path, monkeypatch):
+    """A process frozen in the middle of a commit holds the folder's commit lock: the next
+    writer gives up after a bounded wait instead of hanging."""
+    import fcntl
+
+    from insights_link.storage import StorageError, local
+
+    monkeypatch.setattr(local, "COMMIT_LOCK_WAIT_SECONDS", 0.3)
+    storage = local.LocalStorage(str(tmp_path))
+    storage.write_if("m.json", b"1", None)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(StorageError, match="commit lock"):
+            storage.write_if("m.json", b"2", storage.read_versioned("m.json")[1])
+    finally:
+        os.close(fd)
+    assert storage.read_versioned("m.json")[0] == b"1"

@@ -52,6 +52,9 @@ def check_runner(options: PipelineOptions) -> None:
 
     name = options.view_as(StandardOptions).runner
     if name is None or not isinstance(name, str):
+        problems = _direct_and_portable_errors(options, "")
+        if problems:
+            raise UsageError("; ".join(problems))
         return
     try:
         runner = create_runner(name)
@@ -60,9 +63,25 @@ def check_runner(options: PipelineOptions) -> None:
     except ImportError as exc:
         extra = "gcp" if "dataflow" in name.lower() else "the runner's extras"
         raise UsageError(f"--runner {name} can't start here: {exc} (install apache-beam[{extra}])") from None
+    except Exception as exc:  # noqa: BLE001 - a dotted path to something that isn't a runner
+        raise UsageError(f"--runner {name!r} is not a runner ({type(exc).__name__}: {exc})"[:300]) from None
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
     errors = PipelineOptionsValidator(options, runner).validate()
+    errors += _direct_and_portable_errors(options, name)
     if errors:
         problems = "; ".join(" ".join(e.split()) for e in errors)
         raise UsageError(f"--runner {name}: its options are incomplete: {problems[:400]}")
+
+
+def _direct_and_portable_errors(options: PipelineOptions, runner: str) -> list[str]:
+    """What Beam's validator leaves to run time for the runners people use here."""
+    from apache_beam.options.pipeline_options import DirectOptions, PortableOptions
+
+    errors = []
+    workers = options.view_as(DirectOptions).direct_num_workers
+    if workers is not None and workers < 0:
+        errors.append(f"--direct_num_workers {workers} must be 0 (all cores) or more")
+    if runner.lower() in ("portablerunner", "portable") and not options.view_as(PortableOptions).job_endpoint:
+        errors.append("PortableRunner needs --job_endpoint=host:port (a running job service)")
+    return errors

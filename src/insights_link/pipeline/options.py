@@ -187,8 +187,10 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
 
 
 def _load_job(path: str | None) -> Job | None:
-    if not path:
+    if path is None:
         return None
+    if not path.strip():
+        raise UsageError("--job must name a job file")
     try:
         return load_job(path)
     except JobFileError as exc:

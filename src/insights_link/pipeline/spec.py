@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from insights_link.core.contract import (
@@ -72,6 +72,8 @@ class Option:
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
                 raise OptionError(f"{name} must be a list of strings, not {value!r}")
+            if not items:
+                raise OptionError(f"{name} must not be an empty list (leave it out instead)")
             for item in items:
                 if not item.strip():
                     raise OptionError(f"{name} must not be empty")
@@ -83,6 +85,8 @@ class Option:
             if self.maximum is not None and number > self.maximum:
                 raise OptionError(f"{name} {value!r} must be at most {self.maximum:g}")
             return number
+        if self.kind == "time" and isinstance(value, date):  # a TOML date or date-time
+            return _toml_time(value)
         if not isinstance(value, str):
             raise OptionError(f"{name} must be a string, not {value!r}")
         if self.kind == "time":
@@ -116,6 +120,13 @@ def _number(value: Any, kind: str, name: str) -> float | int:
     if number != number or number in (float("inf"), float("-inf")):
         raise OptionError(f"{name} must be a finite number, not {value!r}")
     return number
+
+
+def _toml_time(value: date) -> datetime:
+    """A TOML date is its midnight; a TOML date-time without an offset is UTC."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def parse_time_option(value: str, name: str) -> datetime:
@@ -182,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--layout", "layout", "str", "full: FullData folders by event date; incremental: "
            "IncrementalData/<commit hour>/Upserts", default="full", choices=LAYOUTS),
     Option("--max-rows-per-file", "max_rows_per_file", "int", "most rows in one Parquet file",
-           default=DEFAULT_MAX_ROWS_PER_FILE, metavar="N", minimum=1),
+           default=DEFAULT_MAX_ROWS_PER_FILE, metavar="N", minimum=1, maximum=1_000_000_000),
     Option("--grant-read", "grant_read", "list", "ADLS Gen2 with a hierarchical namespace: let this "
            "Entra object id read the data source (repeatable)", metavar="OBJECT_ID"),
     # -- how the run behaves -------------------------------------------------------------------
@@ -191,7 +202,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--fail-on-unreadable", "fail_on_unreadable", "bool", "fail (exit 3, nothing committed) "
            "when an input file can't be read to its end", default=False),
     Option("--lock-wait", "lock_wait", "float", "seconds to wait while another run writes the same "
-           "data source (then exit 4)", default=DEFAULT_LOCK_WAIT, metavar="SECONDS", minimum=0),
+           "data source (then exit 4)", default=DEFAULT_LOCK_WAIT, metavar="SECONDS", minimum=0,
+           maximum=7 * 24 * 3600),
     Option("--dry-run", "dry_run", "bool", "read and check everything, print the summary with example "
            "rejects, write nothing", default=False),
     Option("--run-id", "run_id", "str", "the run's id, unique per data source (default: UTC time + "
@@ -199,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--run-time", "run_time", "time", "the run's clock: LastUpdated, reports, the incremental "
            "commit hour (default: now)", metavar="TIME"),
     Option("--block-records", "block_records", "int", "records per block a worker handles at once",
-           default=DEFAULT_BLOCK_RECORDS, metavar="N", minimum=1),
+           default=DEFAULT_BLOCK_RECORDS, metavar="N", minimum=1, maximum=10_000_000),
     # -- output of the command itself ----------------------------------------------------------
     Option("--log-format", "log_format", "str", "json: JSON log lines on stderr and the run report "
            "as the last stdout line", default="text", choices=("text", "json")),

@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import BinaryIO
@@ -33,6 +34,24 @@ def _process_umask() -> int:
     current = os.umask(0o022)  # elsewhere: the classic swap, once per storage object
     os.umask(current)
     return current
+
+
+#: How long a conditional write waits for another writer of the same folder: one in the middle of
+#: its write holds it for milliseconds, so this long means a frozen (SIGSTOP) process.
+COMMIT_LOCK_WAIT_SECONDS = 30.0
+
+
+def _flock_within(fd: int, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StorageError(f"another process has held the commit lock on {what} for {seconds:g} s "
+                                   "(frozen in the middle of a commit?); nothing was written, run again") from None
+            time.sleep(0.05)
 
 
 def _local_version(st: os.stat_result) -> str:
@@ -155,7 +174,7 @@ class LocalStorage:
         os.makedirs(folder, exist_ok=True)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            _flock_within(dir_fd, folder, COMMIT_LOCK_WAIT_SECONDS)
             try:
                 current = _local_version(os.stat(path))
             except FileNotFoundError:
