@@ -59,7 +59,7 @@ def _opened(f: InputFile):
 
 
 def _file(path: Path, fmt: str) -> InputFile:
-    (f,) = resolve_inputs([str(path)], fmt)
+    (f,) = resolve_inputs([str(path)], fmt).files
     return f
 
 
@@ -263,7 +263,7 @@ def test_folder_inputs_do_not_follow_symlinks(tmp_path, lake, caplog):
 
     for value in (folder, f"{folder}/*.jsonl", f"{folder}/**/*.jsonl"):
         with caplog.at_level("WARNING", logger="insights_link.storage.resolve"):
-            keys = [Path(f.source).name for f in resolve_inputs([str(value)])]
+            keys = [Path(f.source).name for f in resolve_inputs([str(value)]).files]
         assert keys == ["a.jsonl"], value
     assert "passwd.jsonl" in caplog.text and "symbolic link" in caplog.text
 
@@ -271,7 +271,7 @@ def test_folder_inputs_do_not_follow_symlinks(tmp_path, lake, caplog):
     assert [Path(i["source"]).name for i in report["inputs"]] == ["a.jsonl"]
     assert read_activities(lake / "EngagementInsights")["ActivityId"].to_pylist() == ["e1"]
     # a symlink named explicitly is read: the user asked for it
-    assert [Path(f.source).name for f in resolve_inputs([str(folder / "secret.jsonl")])] == ["secret.jsonl"]
+    assert [Path(f.source).name for f in resolve_inputs([str(folder / "secret.jsonl")]).files] == ["secret.jsonl"]
 
 
 # -- 6. One hidden-name rule, local and remote ---------------------------------------------------
@@ -293,7 +293,7 @@ def test_a_lake_inside_the_local_input_folder_is_not_read_back(tmp_path):
     write_jsonl(folder / "lake" / "EngagementInsights" / "_staging" / "r0" / "x.jsonl", [event("s")])
     assert (folder / "lake" / "EngagementInsights" / "_deadletter").is_dir()
     for value in (folder, f"{folder}/**/*.json*"):
-        assert [Path(f.source).name for f in resolve_inputs([str(value)])] == ["a.jsonl"], value
+        assert [Path(f.source).name for f in resolve_inputs([str(value)]).files] == ["a.jsonl"], value
 
 
 @pytest.mark.azurite
@@ -315,13 +315,13 @@ def test_a_lake_inside_a_remote_input_folder_is_not_read_back(azure_lake):
     expected = {"in": ["in/a.jsonl", "in/sub/b.jsonl"], "in/": ["in/a.jsonl", "in/sub/b.jsonl"],
                 "in/**/*.json*": ["in/a.jsonl", "in/sub/b.jsonl"], "in/*": ["in/a.jsonl"]}
     for value, keys in expected.items():
-        assert [f.key for f in resolve_inputs([f"{root}/{value}"])] == keys, value
+        assert [f.key for f in resolve_inputs([f"{root}/{value}"]).files] == keys, value
     # named explicitly, a hidden file is read
-    assert [f.key for f in resolve_inputs([f"{root}/in/sub/_tmp.jsonl"])] == ["in/sub/_tmp.jsonl"]
+    assert [f.key for f in resolve_inputs([f"{root}/in/sub/_tmp.jsonl"]).files] == ["in/sub/_tmp.jsonl"]
     # the ETag is the blob's version: an overwrite with the same bytes still changes it
-    (before,) = resolve_inputs([f"{root}/in/a.jsonl"])
+    (before,) = resolve_inputs([f"{root}/in/a.jsonl"]).files
     container.upload_blob("in/a.jsonl", line, overwrite=True)
-    (after,) = resolve_inputs([f"{root}/in/a.jsonl"])
+    (after,) = resolve_inputs([f"{root}/in/a.jsonl"]).files
     assert before.version and after.version and before.version != after.version
     assert fingerprint(before) != fingerprint(after)
 

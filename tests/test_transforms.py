@@ -36,7 +36,7 @@ def _counter(result, name):
 def test_read_raw_blocks_splits_files_into_blocks(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [event(str(i)) for i in range(5)])
     write_jsonl(tmp_path / "b.jsonl", [event("x"), "", event("y")])
-    files = resolve_inputs([str(tmp_path)])
+    files = resolve_inputs([str(tmp_path)]).files
     p = TestPipeline(options=OPTIONS)
     blocks = p | beam.Create([(f, ("WebLog",)) for f in files]) | ReadRawBlocks(block_records=2)
     summary = blocks | beam.Map(lambda b: (b.source.rsplit("/", 1)[1], b.index, b.positions))

@@ -22,20 +22,28 @@ logger = logging.getLogger("insights_link")
 
 
 def summary_text(report: dict) -> str:
-    """The short human summary printed at the end of a run."""
+    """The short human summary printed at the end of a run (a dry run's also shows a few
+    rejected records per reason), then what did nothing as ``warning:`` lines."""
+    dry = report["status"] == "dry_run"
     lines = [
-        f"run {report['run_id']}: {report['status']}",
+        f"run {report['run_id']}: " + ("dry run, nothing was written" if dry else report["status"]),
         f"  records read:        {report.get('records_read', 0)}",
-        f"  activities written:  {report.get('activities_written', 0)}",
+        f"  {'activities to write:' if dry else 'activities written:':<20} {report.get('activities_written', 0)}",
         f"  duplicates dropped:  {report.get('duplicates_dropped', 0)}",
     ]
+    if not report.get("inputs"):
+        lines.append("  no input files")
     if report.get("filtered_out"):
         lines.append(f"  filtered out:        {report['filtered_out']}")
     rejected = report.get("rejected", {})
     lines.append(f"  rejected:            {sum(rejected.values())}")
+    examples = report.get("examples", {})
     for reason, count in rejected.items():
         if count:
             lines.append(f"    {reason:<18} {count}")
+            for ex in examples.get(reason, []):
+                lines.append(f"      e.g. {ex['source']}:{ex['position']}: {ex['payload']}")
+                lines.append(f"           {ex['detail']}")
     activities = report.get("activities", {})
     if len(activities) > 1:
         for name, counts in activities.items():
@@ -48,9 +56,10 @@ def summary_text(report: dict) -> str:
     skipped = [i["source"] for i in report.get("inputs", []) if i.get("status") == "skipped"]
     if skipped:
         lines.append(f"  inputs skipped (committed earlier, use --reprocess): {len(skipped)}")
-    lines.append(f"  data source:         {report.get('output')}")
+    lines.append(f"  data source:         {report.get('output')}" + (" (not written)" if dry else ""))
     if report.get("dead_letters"):
         lines.append(f"  dead letters:        {report['dead_letters']}")
+    lines.extend(f"warning: {text}" for text in report.get("warnings", []))
     return "\n".join(lines)
 
 

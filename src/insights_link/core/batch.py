@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from insights_link.core.blocks import RawBlock
 from insights_link.core.contract import EVENT_NAME, UTC_MICROS, activity_schema
 from insights_link.core.records import (
+    MISSING,
     Activity,
     Rejection,
     check_event,
@@ -34,6 +35,9 @@ from insights_link.core.records import (
 
 RANK = "_rank"
 POSITION = "_position"
+#: distinct Signal.Name values counted per activity (the most frequent are kept), so that a
+#: filter that matched nothing can say what was there without unbounded memory
+NAMES_KEPT = 50
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,8 @@ class ActivitySpec:
         """Whether the event passes the ``event_names`` filter (decoded events only)."""
         if self.event_names is None:
             return True
-        name = field_value(event, EVENT_NAME)
-        if isinstance(name, int) and not isinstance(name, bool):
-            name = str(name)
-        return isinstance(name, str) and name in self.event_names
+        name = event_name_of(event)
+        return name is not None and name in self.event_names
 
     def schema(self) -> pa.Schema:
         """The Parquet schema of this table."""
@@ -80,9 +82,42 @@ class BlockResult:
     filtered_out: int = 0
     #: of those, left out by the time window (after validation)
     outside_window: int = 0
+    #: per ``--property``: decoded records holding it (non-null), before any filter
+    present: dict[str, int] = field(default_factory=dict)
+    #: Signal.Name values of decoded records (only with an event_names filter), see keep_names
+    names: dict[str, int] = field(default_factory=dict)
 
     def rejected(self) -> Counter:
         return Counter(d["reason"] for d in self.dead_letters)
+
+
+def event_name_of(event: dict) -> str | None:
+    """Signal.Name as the event_names filter compares it: a string, an integer as its decimal
+    text, else None."""
+    name = field_value(event, EVENT_NAME)
+    if isinstance(name, int) and not isinstance(name, bool):
+        return str(name)
+    return name if isinstance(name, str) else None
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """``total`` plus ``more``, key by key (in place)."""
+    for key, count in more.items():
+        total[key] = total.get(key, 0) + count
+    return total
+
+
+def keep_names(counts: dict[str, int], always: tuple[str, ...] | frozenset[str] | None = ()) -> dict[str, int]:
+    """The :data:`NAMES_KEPT` most frequent names (ties by name), plus every name in ``always``
+    (the filter's names, so whether they matched stays exact)."""
+    if len(counts) <= NAMES_KEPT:
+        return counts
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:NAMES_KEPT]
+    kept = dict(top)
+    for name in always or ():
+        if name in counts:
+            kept[name] = counts[name]
+    return kept
 
 
 def _json_default(value: Any) -> Any:
@@ -194,8 +229,19 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     rows: list[tuple[int, int, Activity]] = []
     dead: list[dict] = []
     filtered = 0
+    present = dict.fromkeys(spec.properties, 0)
+    names: Counter = Counter()
     for i in range(len(block.payloads)):
         event = decode(block, i)
+        if not isinstance(event, Rejection):
+            for prop in spec.properties:
+                value = field_value(event, prop)
+                if value is not MISSING and value is not None:
+                    present[prop] += 1
+            if spec.event_names is not None:
+                name = event_name_of(event)
+                if name is not None:
+                    names[name] += 1
         if not isinstance(event, Rejection) and not spec.wants(event):
             filtered += 1
             continue
@@ -210,7 +256,8 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
         dead.append({"reason": "malformed", "detail": detail, "source": block.source,
                      "position": position, "payload": None, "run_id": spec.run_id})
         read += 1
-    return BlockResult(rows_to_table(spec, rows), dead, read, filtered)
+    return BlockResult(rows_to_table(spec, rows), dead, read, filtered, present=present,
+                       names=keep_names(dict(names), spec.event_names))
 
 
 def process_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
@@ -237,7 +284,7 @@ def within_window(result: BlockResult, spec: ActivitySpec) -> BlockResult:
     table = result.table.filter(keep)
     dropped = result.table.num_rows - table.num_rows
     return BlockResult(table, result.dead_letters, result.records_read, result.filtered_out + dropped,
-                       result.outside_window + dropped)
+                       result.outside_window + dropped, result.present, result.names)
 
 
 # ---------------------------------------------------------------------------------------------

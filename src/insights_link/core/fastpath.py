@@ -26,6 +26,8 @@ from insights_link.core.batch import (
     RANK,
     ActivitySpec,
     BlockResult,
+    add_counts,
+    keep_names,
     process_block_reference,
 )
 from insights_link.core.blocks import RawBlock
@@ -150,8 +152,12 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     if n == 0:
         return process_block_reference(block, spec)
     fast = vectorized_check(block, spec)
+    present = {prop: fast.num_rows - fast[f"p{j}"].null_count for j, prop in enumerate(spec.properties)}
+    names: dict[str, int] = {}
     filtered = 0
     if spec.event_names is not None:
+        names = {v["values"]: v["counts"] for v in pc.value_counts(fast["name"]).to_pylist()
+                 if v["values"] is not None}
         wanted = pc.fill_null(pc.is_in(fast["name"], value_set=pa.array(spec.event_names, pa.string())), False)
         filtered = fast.num_rows - pc.sum(wanted).as_py() if fast.num_rows else 0
         unwanted_idx = fast.filter(pc.invert(wanted))["i"]
@@ -181,7 +187,7 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     fast_table = pa.table(columns).cast(schema)
 
     if not slow_idx and not block.unreadable:
-        return BlockResult(fast_table, [], n, filtered)
+        return BlockResult(fast_table, [], n, filtered, present=present, names=keep_names(names, spec.event_names))
     rest = RawBlock(block.source, block.rank, block.index, block.fmt,
                     [block.positions[k] for k in slow_idx], [block.payloads[k] for k in slow_idx],
                     unreadable=block.unreadable,
@@ -189,4 +195,5 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     slow = process_block_reference(rest, spec)
     table = pa.concat_tables([fast_table, slow.table]) if slow.table.num_rows else fast_table
     return BlockResult(table, slow.dead_letters, m + filtered + slow.records_read,
-                       filtered + slow.filtered_out)
+                       filtered + slow.filtered_out, present=add_counts(present, slow.present),
+                       names=keep_names(add_counts(names, slow.names), spec.event_names))

@@ -175,23 +175,24 @@ class Lake:
     def read_tables(self) -> dict[str, TableState]:
         return self.read_manifest()[0]
 
-    def read_state(self) -> LakeState:
+    def read_state(self, cache: bool = True) -> LakeState:
         """The committed state this run plans from; its manifest version is what the commit
-        will be conditional on."""
+        will be conditional on. ``cache=False`` reads only (a dry run: no lock, no writes)."""
         tables, _data, self.planned_version = self.read_manifest()
         columns = {}
         for name in tables:
             declared = self.format.declared_columns(self._read_if_exists, name)
             if declared is not None:
                 columns[name] = declared
-        return LakeState(tables, columns, self.committed_inputs())
+        return LakeState(tables, columns, self.committed_inputs(cache))
 
-    def committed_inputs(self) -> dict[str, str]:
+    def committed_inputs(self, cache: bool = True) -> dict[str, str]:
         """``input_key(table, fingerprint)`` -> the run that committed that input for that table.
 
         Read from ``_state/runs_index.json``, a cache of the run reports it names, plus the reports
         written since; the cache is then rewritten. So the Nth run reads one listing, one index
-        and the few new reports, not every report ever written. Call under the lock.
+        and the few new reports, not every report ever written. Call under the lock, or with
+        ``cache=False``, which leaves the cache as it is (reads only).
         """
         index_key = self.key("_state", INDEX_FILE)
         index: dict = {"runs": [], "inputs": {}, "dead_letters": {}}
@@ -214,7 +215,7 @@ class Lake:
                             runs = index["dead_letters"].setdefault(entry["source"], [])
                             runs.append(report["run_id"])
         self._dead_letter_runs = index["dead_letters"]
-        if new:
+        if new and cache:
             index["runs"].sort()
             self.storage.write_bytes(index_key, json.dumps(index, sort_keys=True).encode("utf-8"))
         return index["inputs"]

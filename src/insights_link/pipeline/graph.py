@@ -20,7 +20,15 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from insights_link.checkpoints import checkpoint
-from insights_link.core.batch import ActivitySpec, dedupe, file_slices, process_block, split_by_date
+from insights_link.core.batch import (
+    ActivitySpec,
+    add_counts,
+    dedupe,
+    file_slices,
+    keep_names,
+    process_block,
+    split_by_date,
+)
 from insights_link.core.blocks import InputFile, RawBlock
 from insights_link.core.contract import REASONS
 from insights_link.core.deadletters import dead_letter_key, encode_dead_letters
@@ -39,6 +47,10 @@ TALLIES = "tallies"
 
 COUNTS = ("records_read", "activities_written", "duplicates_dropped", "filtered_out", "filtered_by_name",
           "dead_letters_already_recorded")
+#: per-table tallies that are counts by name (not part of the report's balance): decoded records
+#: holding each --property, and Signal.Name values seen (only with an event_names filter)
+PRESENT = "properties_present"
+NAMES_SEEN = "event_names_seen"
 
 
 def empty_counts() -> dict:
@@ -55,8 +67,13 @@ class MergeOutcomes(beam.CombineFn):
     """Adds counts and concatenates file lists; the result is sorted (order-independent).
 
     Each input is a partial outcome: ``{"tables": {name: {count: n, "rejected": {...}}},
-    "files": [...], "dead_letter_files": [...]}`` with any part missing.
+    "files": [...], "dead_letter_files": [...]}`` with any part missing. Signal.Name counts stay
+    bounded (:func:`keep_names`); ``event_names`` (table -> its filter's names) are always kept.
     """
+
+    def __init__(self, event_names: dict[str, tuple[str, ...]] | None = None) -> None:
+        super().__init__()
+        self.event_names = event_names or {}
 
     def create_accumulator(self):
         return empty_outcome()
@@ -68,6 +85,11 @@ class MergeOutcomes(beam.CombineFn):
                 total[name] += counts.get(name, 0)
             for reason, count in counts.get("rejected", {}).items():
                 total["rejected"][reason] = total["rejected"].get(reason, 0) + count
+            if PRESENT in counts:
+                add_counts(total.setdefault(PRESENT, {}), counts[PRESENT])
+            if NAMES_SEEN in counts:
+                total[NAMES_SEEN] = keep_names(add_counts(total.get(NAMES_SEEN, {}), counts[NAMES_SEEN]),
+                                               self.event_names.get(table))
         acc["files"].extend(item.get("files", []))
         acc["dead_letter_files"].extend(item.get("dead_letter_files", []))
         acc["unreadable_inputs"].extend(item.get("unreadable_inputs", []))
@@ -144,7 +166,10 @@ class ValidateBlockFn(beam.DoFn):
                 self.rejected[reason].inc(count)
             tables[name] = {"records_read": result.records_read, "filtered_out": result.filtered_out,
                             "filtered_by_name": result.filtered_out - result.outside_window,
-                            "rejected": dict(rejected), "dead_letters_already_recorded": 0}
+                            "rejected": dict(rejected), "dead_letters_already_recorded": 0,
+                            PRESENT: dict(result.present)}
+            if spec.event_names is not None:
+                tables[name][NAMES_SEEN] = dict(result.names)
             for letter in result.dead_letters:
                 if letter["reason"] == "malformed":
                     if letter["position"] in seen_malformed:
@@ -198,20 +223,23 @@ class DedupeFn(beam.DoFn):
     """Read one (table, date) group's pieces; dedupe within the run and against that date's
     committed files."""
 
-    def __init__(self, lake_url: str, existing: dict[tuple[str, str], list[str]]) -> None:
+    def __init__(self, lake_url: str, existing: dict[tuple[str, str], list[str]],
+                 existing_url: str | None = None) -> None:
         self.lake_url = lake_url
         self.existing = existing
+        self.existing_url = existing_url or lake_url  # where committed files live (dry run: not staging)
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates_dropped")
 
     def setup(self):
         exit_with_launcher()
         self.storage = open_storage(self.lake_url)
+        self.committed = self.storage if self.existing_url == self.lake_url else open_storage(self.existing_url)
 
     def process(self, element):
         key, piece_keys = element
         tables = read_pieces(self.storage, sorted(piece_keys))
         committed = self.existing.get(key, [])
-        existing = read_ids(self.storage, committed) if committed else None
+        existing = read_ids(self.committed, committed) if committed else None
         rows, dropped = dedupe(tables, existing)
         self.duplicates.inc(dropped)
         yield pvalue.TaggedOutput(TALLIES, {"tables": {key[0]: {"duplicates_dropped": dropped}}})
@@ -320,19 +348,20 @@ class DedupeActivities(beam.PTransform):
     """
 
     def __init__(self, lake_url: str, data_source: str, run_id: str,
-                 existing: dict[tuple[str, str], list[str]]) -> None:
+                 existing: dict[tuple[str, str], list[str]], existing_url: str | None = None) -> None:
         super().__init__()
         self.lake_url = lake_url
         self.data_source = data_source
         self.run_id = run_id
         self.existing = existing
+        self.existing_url = existing_url
 
     def expand(self, keyed_rows):
         return (
             keyed_rows
             | "SpillPieces" >> beam.ParDo(SpillPieceFn(self.lake_url, self.data_source, self.run_id))
             | "GroupByTableAndDate" >> beam.GroupByKey()
-            | "DropDuplicates" >> beam.ParDo(DedupeFn(self.lake_url, self.existing)).with_outputs(
+            | "DropDuplicates" >> beam.ParDo(DedupeFn(self.lake_url, self.existing, self.existing_url)).with_outputs(
                 TALLIES, main="rows"
             )
         )
@@ -363,27 +392,33 @@ class WriteDeadLetters(beam.PTransform):
 class SummarizeRun(beam.PTransform):
     """Merge every stage's outcome into the run's ``outcome.json`` in staging."""
 
-    def __init__(self, lake_url: str, key: str) -> None:
+    def __init__(self, lake_url: str, key: str, event_names: dict[str, tuple[str, ...]] | None = None) -> None:
         super().__init__()
         self.lake_url = lake_url
         self.key = key
+        self.event_names = event_names
 
     def expand(self, outcomes):
         return (
             outcomes
             | "FlattenOutcomes" >> beam.Flatten()
-            | "MergeOutcomes" >> beam.CombineGlobally(MergeOutcomes())
+            | "MergeOutcomes" >> beam.CombineGlobally(MergeOutcomes(self.event_names))
             | "WriteOutcome" >> beam.ParDo(WriteOutcomeFn(self.lake_url, self.key))
         )
 
 
 class ExportActivities(beam.PTransform):
-    """The whole export: (input file, its activities) -> the staged run and its outcome."""
+    """The whole export: (input file, its activities) -> the staged run and its outcome.
+
+    ``lake_url`` is where staging goes; ``existing_url`` where the committed files in
+    ``existing`` live (default the same; a dry run stages into a temporary folder instead).
+    """
 
     def __init__(self, specs: dict[str, ActivitySpec], run_id: str, lake_url: str, data_source: str,
                  existing: dict[tuple[str, str], list[str]], block_records: int, max_rows: int,
-                 recorded: frozenset[tuple] = frozenset()) -> None:
+                 recorded: frozenset[tuple] = frozenset(), existing_url: str | None = None) -> None:
         super().__init__()
+        self.existing_url = existing_url
         self.specs = specs
         self.recorded = recorded
         self.run_id = run_id
@@ -396,14 +431,15 @@ class ExportActivities(beam.PTransform):
     def expand(self, files):
         checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs, self.recorded)
         deduped = checked.activities | "Dedupe" >> DedupeActivities(
-            self.lake_url, self.data_source, self.run_id, self.existing)
+            self.lake_url, self.data_source, self.run_id, self.existing, self.existing_url)
         written = deduped.rows | "Write" >> WriteActivityFiles(
             self.lake_url, self.data_source, self.specs, self.max_rows)
         dead = checked[DEAD_LETTERS] | "DeadLetters" >> WriteDeadLetters(
             self.lake_url, self.data_source, self.run_id)
         outcome_key = staging_key(self.data_source, self.run_id, "outcome.json")
+        event_names = {name: spec.event_names for name, spec in self.specs.items() if spec.event_names}
         return (checked[TALLIES], deduped[TALLIES], written, dead) | "Summarize" >> SummarizeRun(
-            self.lake_url, outcome_key)
+            self.lake_url, outcome_key, event_names)
 
 
 def counter_totals(result) -> Counter:

@@ -4,15 +4,21 @@ A run: parse and check options and the job file (usage errors before anything is
 resolve inputs -> take the data source's lock -> recover what a dead run left -> skip inputs
 earlier runs committed -> run the Beam pipeline (writes only to staging) -> check the balance and
 the rejected ratio -> commit -> report.
+
+A dry run (``--dry-run``) does the same reading, checking and deduplication without the lock,
+recovery or commit: the pipeline stages into a temporary local folder, the lake is only read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -45,7 +51,15 @@ from insights_link.lake.commit import (
     LakeState,
 )
 from insights_link.lifecycle import mark_launcher
-from insights_link.pipeline.graph import COUNTS, ExportActivities, counter_totals, empty_counts, empty_outcome
+from insights_link.pipeline.graph import (
+    COUNTS,
+    NAMES_SEEN,
+    PRESENT,
+    ExportActivities,
+    counter_totals,
+    empty_counts,
+    empty_outcome,
+)
 from insights_link.pipeline.options import RunConfig, parse_args
 from insights_link.pipeline.plan import existing_partitions, plan_inputs
 from insights_link.progress import Progress, mode_for
@@ -72,22 +86,27 @@ def run(argv: list[str] | None = None, clock: Clock = utc_now) -> dict:
     if config.clock_fixed:
         def clock() -> datetime:
             return config.run_time
-    files_by_activity = _resolve_all(config)
+    files_by_activity, input_warnings = _resolve_all(config)
     try:
         lake = Lake(open_storage(config.output), config.data_source)
         if config.grant_read:
             _check_grant_read(lake)
+        if config.dry_run:
+            return _dry_run(config, options, lake, files_by_activity, input_warnings, clock)
         with lake.locked(config.lock_wait):
-            return _locked_run(config, options, lake, files_by_activity, clock)
+            return _locked_run(config, options, lake, files_by_activity, input_warnings, clock)
     except LakeBusy as exc:
         raise DataSourceBusy(str(exc)) from exc
     except (StorageError, OSError) as exc:
         raise RunFailed(str(exc)) from exc
 
 
-def _resolve_all(config: RunConfig) -> dict[str, list[InputFile]]:
+def _resolve_all(config: RunConfig) -> tuple[dict[str, list[InputFile]], list[str]]:
+    """Each activity's input files, and the warnings about files left out (once per input)."""
     try:
-        return {a.name: resolve_inputs(list(a.inputs), config.input_format) for a in config.activities}
+        resolved = {a.name: resolve_inputs(list(a.inputs), config.input_format) for a in config.activities}
+        warnings = list(dict.fromkeys(w for r in resolved.values() for w in r.warnings))
+        return {name: r.files for name, r in resolved.items()}, warnings
     except InputError as exc:
         raise UsageError(str(exc)) from exc
     except CredentialsError as exc:
@@ -106,15 +125,26 @@ def _check_grant_read(lake: Lake) -> None:
                          f"{lake.storage.describe()} has none")
 
 
-def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
-                files_by_activity: dict[str, list[InputFile]], clock: Clock) -> dict:
-    lake.recover()
-    lake.sweep_abandoned()
+@dataclasses.dataclass
+class _Plan:
+    """What a run (or dry run) will do, decided from the inputs and the committed state."""
+
+    state: LakeState
+    columns: dict
+    all_files: list[InputFile]
+    work: list[tuple[InputFile, tuple[str, ...]]]
+    entries: list[dict]
+    specs: dict[str, ActivitySpec]
+
+
+def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[InputFile]], cache: bool) -> _Plan:
+    """Check the run id and the tables' columns, and pick the inputs to read (only reads the
+    lake, apart from the runs-index cache when ``cache``)."""
     if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")):
         raise UsageError(f"--run-id {config.run_id!r} was already used in data source "
                          f"{config.data_source!r}; run ids must be unique")
     try:
-        state = lake.read_state()
+        state = lake.read_state(cache=cache)
     except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
         raise RunFailed(f"cannot read the data source's committed state: {exc}") from exc
     columns = {a.name: activity_columns(a.properties) for a in config.activities}
@@ -134,10 +164,20 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
     work, entries = plan_inputs(all_files, wanted, state, config.reprocess)
     specs = {a.name: ActivitySpec(a.name, a.activity_type, a.properties, config.run_id, config.run_time,
                                   a.event_names, config.since, config.until) for a in config.activities}
+    return _Plan(state, columns, all_files, work, entries, specs)
+
+
+def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
+                files_by_activity: dict[str, list[InputFile]], input_warnings: list[str], clock: Clock) -> dict:
+    lake.recover()
+    lake.sweep_abandoned()
+    plan = _plan(config, lake, files_by_activity, cache=True)
+    state, columns, all_files, work, entries, specs = (plan.state, plan.columns, plan.all_files, plan.work,
+                                                      plan.entries, plan.specs)
     report = {
         "run_id": config.run_id, "status": "running", "started_at": _iso(clock()),
         "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
-        "tables": sorted(specs), "inputs": entries,
+        "tables": sorted(specs), "inputs": entries, "warnings": list(input_warnings),
     }
     logger.info("run %s: %d input file(s), %d to process, %d skipped", config.run_id,
                 len(all_files), len(work), len(all_files) - len(work))
@@ -148,6 +188,8 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         counts = _counts(outcome, specs)
         report.update(counts)
         report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
+        report["warnings"] = input_warnings + _outcome_warnings(config, outcome)
+        _log_warnings(report["warnings"])
         _check_balance(counts)
         _check_rejected_ratio(counts, config.max_rejected_ratio)
         _check_unreadable(report["unreadable_inputs"], config.fail_on_unreadable)
@@ -188,7 +230,11 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
 
 
 def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state: LakeState,
-                  specs: dict[str, ActivitySpec], work: list[tuple[InputFile, tuple[str, ...]]]) -> dict:
+                  specs: dict[str, ActivitySpec], work: list[tuple[InputFile, tuple[str, ...]]],
+                  staging_url: str | None = None) -> dict:
+    """Run the Beam pipeline; its workers write below ``staging_url`` (default the lake) and read
+    the lake's committed files for dedupe. Returns the merged outcome."""
+    staging_url = staging_url or config.output
     if not work:
         return empty_outcome()
     if options.view_as(StandardOptions).runner is None:
@@ -199,8 +245,9 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
     _ = (
         p
         | "Inputs" >> beam.Create(work)
-        | "Export" >> ExportActivities(specs, config.run_id, config.output, config.data_source, existing,
-                                       config.block_records, config.max_rows_per_file, recorded)
+        | "Export" >> ExportActivities(specs, config.run_id, staging_url, config.data_source, existing,
+                                       config.block_records, config.max_rows_per_file, recorded,
+                                       existing_url=config.output)
     )
     mark_launcher()
     result = p.run()
@@ -208,7 +255,123 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
     if state_name not in (None, "DONE"):
         raise RunFailed(f"the pipeline ended in state {state_name}")
     logger.debug("metrics: %s", dict(counter_totals(result)))
-    return json.loads(lake.storage.read_bytes(lake.staging(config.run_id, "outcome.json")))
+    staging = lake.storage if staging_url == config.output else open_storage(staging_url)
+    return json.loads(staging.read_bytes(lake.staging(config.run_id, "outcome.json")))
+
+
+#: Signal.Name values a warning about an --event-name that matched nothing shows
+NAMES_SHOWN = 5
+#: example rejected records per reason a dry run shows, and how much of each payload
+EXAMPLES_PER_REASON = 3
+EXAMPLE_CHARS = 200
+
+
+def _outcome_warnings(config: RunConfig, outcome: dict) -> list[str]:
+    """What did nothing: a --property no record held, an --event-name no record matched.
+
+    Only activities that read records are judged (inputs skipped as committed say nothing).
+    """
+    warnings = []
+    several = len(config.activities) > 1
+    for a in config.activities:
+        got = outcome["tables"].get(a.name, {})
+        if not got.get("records_read"):
+            continue
+        where = f" (activity {a.name})" if several else ""
+        present = got.get(PRESENT, {})
+        for prop in a.properties:
+            if not present.get(prop):
+                warnings.append(f"--property {prop} was not present in any record{where}")
+        seen = got.get(NAMES_SEEN, {})
+        top = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:NAMES_SHOWN]
+        shown = ", ".join(f"{name} {count}" for name, count in top) or "no Signal.Name values"
+        if len(seen) > NAMES_SHOWN:
+            shown += ", ..."
+        for name in a.event_names or ():
+            if not seen.get(name):
+                warnings.append(f"--event-name {name!r} matched no event{where} (seen: {shown})")
+    return warnings
+
+
+def _log_warnings(warnings: list[str]) -> None:
+    for text in warnings:
+        logger.warning("%s", text)
+
+
+def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake,
+             files_by_activity: dict[str, list[InputFile]], input_warnings: list[str], clock: Clock) -> dict:
+    """Read, check and dedupe everything as a run would, and write nothing to the output.
+
+    No lock, no recovery, no runs-index cache: the lake is only read. The pipeline stages into a
+    temporary local folder (so a runner's workers must see this machine's disk), removed after.
+    Returns the would-be report (status "dry_run") with example rejected records per reason;
+    raises TooManyRejected when the run would fail its thresholds.
+    """
+    plan = _plan(config, lake, files_by_activity, cache=False)
+    report = {
+        "run_id": config.run_id, "status": "dry_run", "started_at": _iso(clock()),
+        "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
+        "tables": sorted(plan.specs), "inputs": plan.entries,
+    }
+    unsettled = sorted({obj.key.split("/")[2] for obj in lake.storage.list(lake.key("_staging"))
+                        if obj.key.count("/") >= 3})
+    notes = [f"the data source holds {len(unsettled)} unsettled run(s) in _staging; a real run settles "
+             "them first, which can change what it skips and drops as duplicates"] if unsettled else []
+    logger.info("dry run %s: %d input file(s), %d to read, %d skipped; nothing is written to %s",
+                config.run_id, len(plan.all_files), len(plan.work), len(plan.all_files) - len(plan.work),
+                lake.describe())
+    work_dir = tempfile.mkdtemp(prefix="insights-link-dry-run-")
+    try:
+        display = Progress(len(plan.work), sum(f.size for f, _ in plan.work),
+                           mode_for(config.quiet, config.log_format))
+        with display:
+            outcome = _run_pipeline(config, options, lake, plan.state, plan.specs, plan.work, staging_url=work_dir)
+        examples = _examples(open_storage(work_dir), outcome["dead_letter_files"])
+    except (StorageError, RunFailed, OSError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a worker error surfaces here wrapped by the runner
+        if lifecycle.received_signal is not None:  # a signal raised inside a DoFn, re-wrapped
+            raise Interrupted(lifecycle.received_signal) from exc
+        raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    counts = _counts(outcome, plan.specs)
+    report.update(counts)
+    report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
+    report["warnings"] = input_warnings + notes + _outcome_warnings(config, outcome)
+    report["examples"] = examples
+    report["finished_at"] = _iso(clock())
+    _log_warnings(report["warnings"])
+    _check_balance(counts)
+    try:
+        _check_rejected_ratio(counts, config.max_rejected_ratio)
+        _check_unreadable(report["unreadable_inputs"], config.fail_on_unreadable)
+    except TooManyRejected as exc:
+        failed = TooManyRejected(f"dry run, nothing was written; a real run would fail: {exc}")
+        failed.report = report  # type: ignore[attr-defined]
+        raise failed from exc
+    return report
+
+
+def _examples(staging, keys: list[str]) -> dict[str, list[dict]]:
+    """A few staged dead letters per reason (in input order), payloads cut to a readable length."""
+    examples: dict[str, list[dict]] = {}
+    for key in sorted(keys):
+        if all(len(examples.get(r, [])) >= EXAMPLES_PER_REASON for r in REASONS):
+            break
+        for line in gzip.decompress(staging.read_bytes(key)).splitlines():
+            letter = json.loads(line)
+            shown = examples.setdefault(letter["reason"], [])
+            if len(shown) < EXAMPLES_PER_REASON:
+                payload = letter.get("payload")
+                text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+                shown.append({"source": letter["source"], "position": letter["position"],
+                              "detail": _clip(letter["detail"]), "payload": _clip(text)})
+    return {reason: examples[reason] for reason in REASONS if reason in examples}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS - 1] + "…"
 
 
 def _counts(outcome: dict, specs: dict[str, ActivitySpec]) -> dict:
