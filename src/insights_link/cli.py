@@ -66,7 +66,8 @@ def summary_text(report: dict) -> str:
 class _QuietDependencies(logging.Filter):
     """Our INFO lines, other libraries' warnings, minus Beam's import-time noise about GCP."""
 
-    NOISE = ("apitools not found", "bigquery_storage", "Converting string literal type hint")
+    NOISE = ("apitools not found", "bigquery_storage", "Converting string literal type hint",
+             "Unable to create default GCS bucket")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("insights_link"):
@@ -191,9 +192,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def export(argv: list[str]) -> int:
     """``insights-link export``: run, print the summary, map errors to exit codes."""
-    log_format = _flag_value(argv, "--log-format") or "text"
+    log_format = _flag_value(argv, "--log-format") or "text"  # until the options are checked
     level = logging.DEBUG if "--verbose" in argv else logging.WARNING if "--quiet" in argv else logging.INFO
     configure_logging(log_format, level)
+
+    def settle_output(config) -> None:
+        """The checked options (flags over the job file) decide the output from here on."""
+        nonlocal log_format
+        log_format = config.log_format
+        configure_logging(log_format, logging.DEBUG if config.verbose else
+                          logging.WARNING if config.quiet else logging.INFO)
+
     from insights_link.errors import (
         CommittedWithErrors,
         DataSourceBusy,
@@ -206,7 +215,7 @@ def export(argv: list[str]) -> int:
 
     previous = {signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = run(argv)
+        report = run(argv, on_config=settle_output)
     except UsageError as exc:
         return _failed(log_format, exc.exit_code, f"insights-link: error: {exc}", exc.status)
     except TooManyRejected as exc:

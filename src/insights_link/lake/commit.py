@@ -1,10 +1,11 @@
 """The commit protocol of a data-source folder, independent of the table format.
 
 A run's workers write only below ``_staging/<run>/`` (see :mod:`.layout`). The launcher then
-commits, holding the data source's lock: publish dead letters -> write the commit record (where
-the run's files go) -> move staged Parquet into the data folders (still unreferenced) -> write
-the table documents -> **one conditional write of the format's commit object** (for CDM the
-manifest; it succeeds only if the object is still the version this run planned from) -> the
+commits, holding the data source's lock: stage the report -> write the commit record (where the
+run's files go) -> move staged Parquet into the data folders (still unreferenced) -> write the
+table documents (conditionally) -> **one conditional write of the format's commit object** (for
+CDM the manifest; it succeeds only if the object is still the version this run planned from; a
+run without data commits with a conditional run report instead) -> publish dead letters -> the
 run report -> delete staging. Every step that changes what readers see or deletes anything is
 fenced by a check that this process still holds the lock.
 

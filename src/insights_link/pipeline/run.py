@@ -75,14 +75,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def run(argv: list[str] | None = None, clock: Clock = utc_now) -> dict:
+def run(argv: list[str] | None = None, clock: Clock = utc_now,
+        on_config: Callable[[RunConfig], None] | None = None) -> dict:
     """Run one export; returns the committed run report. Raises UsageError / RunFailed.
 
     ``clock`` is the run's injectable clock: it gives ``started_at``, LastUpdated, ``finished_at``
     and the commit hour of incremental files. ``--run-time`` fixes it for the whole run.
+    ``on_config`` sees the checked configuration first (the CLI sets up logging from it, so job
+    files' ``log_format``, ``quiet`` and ``verbose`` count like the flags).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config, options = parse_args(argv, clock())
+    if on_config is not None:
+        on_config(config)
     if config.clock_fixed:
         def clock() -> datetime:
             return config.run_time
