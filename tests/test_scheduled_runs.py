@@ -53,7 +53,7 @@ def _names(folder):
 def test_job_file_with_two_activities_commits_two_tables_in_one_manifest(job_dir):
     proc = run_cli("export", "--job", str(job_dir / "job.toml"), "--run-id", "j1")
     assert proc.returncode == 0, proc.stderr
-    ds = job_dir.parent / "lake" / "EngagementInsights"  # output = "../lake", relative to the job file
+    ds = job_dir.parent / "job-lake" / "EngagementInsights"  # output = "../job-lake", relative to the job file
     loaded = load_data_source(str(ds))
     assert sorted(loaded) == ["EmailPromo", "ProductViews"]
     assert loaded["EmailPromo"]["attributes"][-1] == "SignalSessionId"

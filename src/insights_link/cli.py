@@ -219,6 +219,8 @@ def export(argv: list[str]) -> int:
     except UsageError as exc:
         return _failed(log_format, exc.exit_code, f"insights-link: error: {exc}", exc.status)
     except TooManyRejected as exc:
+        if getattr(exc, "report", None) and log_format == "text":  # a dry run: show what it found
+            print(summary_text(exc.report))
         return _failed(log_format, exc.exit_code, f"insights-link: run failed: {exc}", exc.status)
     except DataSourceBusy as exc:
         return _failed(log_format, exc.exit_code, f"insights-link: data source busy: {exc}", exc.status)

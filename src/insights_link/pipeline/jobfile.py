@@ -60,7 +60,7 @@ def _checked(table: dict, options, where: str, path: str, extra: tuple[str, ...]
             try:
                 out[by_key[key].dest] = by_key[key].convert(value)
             except OptionError as exc:
-                raise JobFileError(f"{path}: {where}{key}: {exc}") from None
+                raise JobFileError(f"{path}: {where}{key!r}: {exc}") from None
     return out
 
 

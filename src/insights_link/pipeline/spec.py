@@ -69,7 +69,7 @@ class Option:
                 raise OptionError(f"{name} must be true or false, not {value!r}")
             return value
         if self.kind == "list":
-            items = [value] if isinstance(value, str) else value
+            items = value
             if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
                 raise OptionError(f"{name} must be a list of strings, not {value!r}")
             if not items:
