@@ -97,9 +97,7 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def run_duckdb(
-    input_glob: str, out_dir: str | Path, *, threads: int | None = None
-) -> dict[str, Any]:
+def run_duckdb(input_glob: str, out_dir: str | Path, *, threads: int | None = None) -> dict[str, Any]:
     """Run the baseline over ``input_glob`` into ``out_dir`` (replaced); return what it wrote."""
     out = Path(out_dir)
     if out.exists():

@@ -222,8 +222,9 @@ def summarize(runs: Sequence[dict[str, Any]], events: int) -> dict[str, Any]:
         "events_per_s": None if wall is None else round(events / wall, 1),
         "peak_rss_kb": max(rss) if rss else None,
         "peak_tree_rss_kb": max(tree) if tree else None,
-        "max_others_cpu_share": max((run["others_cpu_share"] for run in runs
-                                     if run.get("others_cpu_share") is not None), default=None),
+        "max_others_cpu_share": max(
+            (run["others_cpu_share"] for run in runs if run.get("others_cpu_share") is not None), default=None
+        ),
     }
 
 
@@ -292,10 +293,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     one_m = sizes.get(TARGET_RATIO_SIZE)
     r = one_m["ratio"].get("in_memory") if one_m else None
-    out.append(_target(
-        "throughput", f">= {TARGET_RATIO}x DuckDB events/s at 1M events, default options",
-        "not measured" if r is None else f"{r:.2f}x", None if r is None else r >= TARGET_RATIO,
-    ))
+    out.append(
+        _target(
+            "throughput",
+            f">= {TARGET_RATIO}x DuckDB events/s at 1M events, default options",
+            "not measured" if r is None else f"{r:.2f}x",
+            None if r is None else r >= TARGET_RATIO,
+        )
+    )
 
     peaks = []
     for n, size in sorted(sizes.items()):
@@ -304,11 +309,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 peaks.append((peak_memory_kb(summary), n, label))
     if peaks:
         kb, n, label = max(peaks)
-        out.append(_target(
-            "peak RSS", f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB",
-            f"{kb * 1024 / 1e9:.2f} GB ({label.split('/')[1]}, {n:,} events)",
-            kb * 1024 <= TARGET_RSS_BYTES,
-        ))
+        out.append(
+            _target(
+                "peak RSS",
+                f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB",
+                f"{kb * 1024 / 1e9:.2f} GB ({label.split('/')[1]}, {n:,} events)",
+                kb * 1024 <= TARGET_RSS_BYTES,
+            )
+        )
     else:
         out.append(_target("peak RSS", f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB", "not measured", None))
 
@@ -319,48 +327,71 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             small = sizes[1_000_000]["engines"].get(label)
             big = sizes[3_000_000]["engines"].get(label)
             growth = ratio(peak_memory_kb(big or {}), peak_memory_kb(small or {}))
-            out.append(_target(
-                f"flat memory ({label.split('/')[1]})", f"RSS at 3M <= {TARGET_RSS_GROWTH}x RSS at 1M",
-                "not measured" if growth is None else f"{growth:.2f}x",
-                None if growth is None else growth <= TARGET_RSS_GROWTH,
-            ))
+            out.append(
+                _target(
+                    f"flat memory ({label.split('/')[1]})",
+                    f"RSS at 3M <= {TARGET_RSS_GROWTH}x RSS at 1M",
+                    "not measured" if growth is None else f"{growth:.2f}x",
+                    None if growth is None else growth <= TARGET_RSS_GROWTH,
+                )
+            )
     else:
-        out.append(_target("flat memory", f"RSS at 3M <= {TARGET_RSS_GROWTH}x RSS at 1M", "not measured", None))
+        out.append(
+            _target("flat memory", f"RSS at 3M <= {TARGET_RSS_GROWTH}x RSS at 1M", "not measured", None)
+        )
 
-    points = [(n, s["engines"][memory_label]["median_wall_s"]) for n, s in sorted(sizes.items())
-              if memory_label in s["engines"] and s["engines"][memory_label]["median_wall_s"] is not None]
+    points = [
+        (n, s["engines"][memory_label]["median_wall_s"])
+        for n, s in sorted(sizes.items())
+        if memory_label in s["engines"] and s["engines"][memory_label]["median_wall_s"] is not None
+    ]
     costs = marginal_costs(points)
     if len(costs) >= 2:
         slopes = [c["s_per_million"] for c in costs]
         worst = max(b / a for a, b in pairwise(slopes)) if min(slopes) > 0 else None
-        text = ", ".join(f"{c['from'] / 1e6:g}M->{c['to'] / 1e6:g}M {c['s_per_million']:.2f} s/M" for c in costs)
-        out.append(_target(
-            "linear cost", f"marginal s/M events of each segment <= {TARGET_LINEAR_SLOPE}x the previous",
-            text + ("" if worst is None else f" (worst step {worst:.2f}x)"),
-            None if worst is None else worst <= TARGET_LINEAR_SLOPE,
-        ))
+        text = ", ".join(
+            f"{c['from'] / 1e6:g}M->{c['to'] / 1e6:g}M {c['s_per_million']:.2f} s/M" for c in costs
+        )
+        out.append(
+            _target(
+                "linear cost",
+                f"marginal s/M events of each segment <= {TARGET_LINEAR_SLOPE}x the previous",
+                text + ("" if worst is None else f" (worst step {worst:.2f}x)"),
+                None if worst is None else worst <= TARGET_LINEAR_SLOPE,
+            )
+        )
     else:
         out.append(_target("linear cost", "0.3M, 1M and 3M on one line", "not measured", None))
 
     mp_label = f"{OURS}/multi_processing"
-    mp = [(n, ratio(s["engines"][mp_label]["median_wall_s"], s["engines"][memory_label]["median_wall_s"]))
-          for n, s in sorted(sizes.items()) if mp_label in s["engines"] and memory_label in s["engines"]]
+    mp = [
+        (n, ratio(s["engines"][mp_label]["median_wall_s"], s["engines"][memory_label]["median_wall_s"]))
+        for n, s in sorted(sizes.items())
+        if mp_label in s["engines"] and memory_label in s["engines"]
+    ]
     mp = [(n, v) for n, v in mp if v is not None]
     if mp:
-        out.append(_target(
-            "multi_processing", f"wall <= {TARGET_MP_VS_MEMORY}x in_memory wall",
-            ", ".join(f"{n / 1e6:g}M {v:.2f}x" for n, v in mp),
-            all(v <= TARGET_MP_VS_MEMORY for _, v in mp),
-        ))
+        out.append(
+            _target(
+                "multi_processing",
+                f"wall <= {TARGET_MP_VS_MEMORY}x in_memory wall",
+                ", ".join(f"{n / 1e6:g}M {v:.2f}x" for n, v in mp),
+                all(v <= TARGET_MP_VS_MEMORY for _, v in mp),
+            )
+        )
     else:
         out.append(_target("multi_processing", "not slower than in_memory", "not measured", None))
 
     inc = results.get("incremental")
     r = inc.get("ratio") if inc else None
-    out.append(_target(
-        "Nth run flat", f"100k into the 3M data source <= {TARGET_INCREMENTAL}x 100k into an empty one",
-        "not measured" if r is None else f"{r:.2f}x", None if r is None else r <= TARGET_INCREMENTAL,
-    ))
+    out.append(
+        _target(
+            "Nth run flat",
+            f"100k into the 3M data source <= {TARGET_INCREMENTAL}x 100k into an empty one",
+            "not measured" if r is None else f"{r:.2f}x",
+            None if r is None else r <= TARGET_INCREMENTAL,
+        )
+    )
     return out
 
 
@@ -394,17 +425,31 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(_NUMBER.match(r[i]) or r[i] in ("", "-") for r in rows)
-               for i in range(len(headers))]
+    numeric = [
+        bool(rows) and all(_NUMBER.match(r[i]) or r[i] in ("", "-") for r in rows)
+        for i in range(len(headers))
+    ]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if num else c.ljust(w)
-                         for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-RESULT_HEADERS = ("events", "engine", "median wall s", "events/s", "vs DuckDB", "peak RSS MiB",
-                  "tree RSS MiB", "walls s", "others' CPU", "verified")
+RESULT_HEADERS = (
+    "events",
+    "engine",
+    "median wall s",
+    "events/s",
+    "vs DuckDB",
+    "peak RSS MiB",
+    "tree RSS MiB",
+    "walls s",
+    "others' CPU",
+    "verified",
+)
 
 
 def result_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -413,41 +458,55 @@ def result_rows(results: dict[str, Any]) -> list[list[str]]:
     for size in results.get("sizes", []):
         for label, summary in size["engines"].items():
             mode = label.split("/", 1)[1] if "/" in label else None
-            rows.append([
-                f"{size['events']:,}",
-                label,
-                fmt_seconds(summary["median_wall_s"]),
-                fmt_rate(summary["events_per_s"]),
-                "" if mode is None else fmt_ratio(size["ratio"].get(mode)),
-                fmt_mib(summary["peak_rss_kb"]),
-                fmt_mib(summary["peak_tree_rss_kb"]),
-                " ".join(f"{w:.2f}" for w in summary["walls_s"]),
-                fmt_share(summary.get("max_others_cpu_share")),
-                "yes" if summary["verified"] else "NO: " + "; ".join(summary["problems"]),
-            ])
+            rows.append(
+                [
+                    f"{size['events']:,}",
+                    label,
+                    fmt_seconds(summary["median_wall_s"]),
+                    fmt_rate(summary["events_per_s"]),
+                    "" if mode is None else fmt_ratio(size["ratio"].get(mode)),
+                    fmt_mib(summary["peak_rss_kb"]),
+                    fmt_mib(summary["peak_tree_rss_kb"]),
+                    " ".join(f"{w:.2f}" for w in summary["walls_s"]),
+                    fmt_share(summary.get("max_others_cpu_share")),
+                    "yes" if summary["verified"] else "NO: " + "; ".join(summary["problems"]),
+                ]
+            )
     return rows
 
 
-INCREMENTAL_HEADERS = ("run", "median wall s", "events/s", "peak RSS MiB", "tree RSS MiB", "walls s",
-                       "others' CPU", "verified")
+INCREMENTAL_HEADERS = (
+    "run",
+    "median wall s",
+    "events/s",
+    "peak RSS MiB",
+    "tree RSS MiB",
+    "walls s",
+    "others' CPU",
+    "verified",
+)
 
 
 def incremental_rows(inc: dict[str, Any]) -> list[list[str]]:
     rows = []
     new, base = f"{inc['events']:,}", f"{inc['base_events']:,}"
-    for label, key in ((f"{new} into the {base}-event data source", "into_base"),
-                       (f"{new} into an empty one", "into_empty")):
+    for label, key in (
+        (f"{new} into the {base}-event data source", "into_base"),
+        (f"{new} into an empty one", "into_empty"),
+    ):
         summary = inc[key]
-        rows.append([
-            label,
-            fmt_seconds(summary["median_wall_s"]),
-            fmt_rate(summary["events_per_s"]),
-            fmt_mib(summary["peak_rss_kb"]),
-            fmt_mib(summary["peak_tree_rss_kb"]),
-            " ".join(f"{w:.2f}" for w in summary["walls_s"]),
-            fmt_share(summary.get("max_others_cpu_share")),
-            "yes" if summary["verified"] else "NO: " + "; ".join(summary["problems"]),
-        ])
+        rows.append(
+            [
+                label,
+                fmt_seconds(summary["median_wall_s"]),
+                fmt_rate(summary["events_per_s"]),
+                fmt_mib(summary["peak_rss_kb"]),
+                fmt_mib(summary["peak_tree_rss_kb"]),
+                " ".join(f"{w:.2f}" for w in summary["walls_s"]),
+                fmt_share(summary.get("max_others_cpu_share")),
+                "yes" if summary["verified"] else "NO: " + "; ".join(summary["problems"]),
+            ]
+        )
     return rows
 
 
@@ -471,9 +530,12 @@ def render_report(results: dict[str, Any], markdown: bool = False) -> str:
     ]
     if results.get("incremental"):
         inc = results["incremental"]
-        parts += ["", f"incremental: {inc['events']:,} new events (dates {', '.join(inc['dates'])}); "
-                      f"into-base / into-empty = {fmt_ratio(inc.get('ratio'))}",
-                  format_table(INCREMENTAL_HEADERS, incremental_rows(inc), markdown)]
+        parts += [
+            "",
+            f"incremental: {inc['events']:,} new events (dates {', '.join(inc['dates'])}); "
+            f"into-base / into-empty = {fmt_ratio(inc.get('ratio'))}",
+            format_table(INCREMENTAL_HEADERS, incremental_rows(inc), markdown),
+        ]
     targets = results.get("targets") or evaluate_targets(results)
     parts += ["", format_table(("target", "goal", "measured", "verdict"), target_rows(targets), markdown)]
     return "\n".join(parts)
@@ -512,7 +574,7 @@ class TreeRss(threading.Thread):
                     stat = f.read()
             except OSError:
                 continue
-            fields = stat[stat.rfind(b")") + 2:].split()
+            fields = stat[stat.rfind(b")") + 2 :].split()
             parents[int(entry)] = int(fields[1])
             rss[int(entry)] = int(fields[21]) * self._page_kb
             cpu[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime, clock ticks
@@ -551,7 +613,9 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
-def wait_for_quiet(max_wait: float, threshold: float = QUIET_SHARE, window: float = 1.0) -> tuple[float, float]:
+def wait_for_quiet(
+    max_wait: float, threshold: float = QUIET_SHARE, window: float = 1.0
+) -> tuple[float, float]:
     """Wait (up to ``max_wait`` s) until other processes use less than ``threshold`` of the CPUs.
 
     Returns (seconds waited, the busy share last seen). With ``max_wait`` 0 it only looks once.
@@ -619,7 +683,9 @@ def _load_generator() -> ModuleType:
     return module
 
 
-def ensure_dataset(work: Path, events: int, files: int, params: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def ensure_dataset(
+    work: Path, events: int, files: int, params: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
     """The generated input for these parameters: reused from the work folder, else generated."""
     folder = work / "data" / dataset_key(events, files, params)
     expected_path = folder / "_expected.json"
@@ -638,30 +704,64 @@ def ensure_dataset(work: Path, events: int, files: int, params: dict[str, Any]) 
 def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str) -> list[str]:
     script = Path(sys.executable).with_name("insights-link")
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "insights_link.cli"]
-    return [*launcher, "export", "--input", str(input_dir), "--output", str(lake), "--run-id", run_id,
-            *MODE_OPTIONS[mode]]
+    return [
+        *launcher,
+        "export",
+        "--input",
+        str(input_dir),
+        "--output",
+        str(lake),
+        "--run-id",
+        run_id,
+        *MODE_OPTIONS[mode],
+    ]
 
 
-def run_ours(input_dir: Path, expected: dict[str, Any], lake: Path, run_id: str, mode: str,
-             logs: Path, fresh: bool = True, quiet_wait: float = 0.0) -> dict[str, Any]:
+def run_ours(
+    input_dir: Path,
+    expected: dict[str, Any],
+    lake: Path,
+    run_id: str,
+    mode: str,
+    logs: Path,
+    fresh: bool = True,
+    quiet_wait: float = 0.0,
+) -> dict[str, Any]:
     if fresh and lake.exists():
         shutil.rmtree(lake)
     run = run_measured(ours_command(input_dir, lake, run_id, mode), logs, run_id, quiet_wait)
     report_path = lake / DATA_SOURCE / "_runs" / f"{run_id}.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
     run["problems"] = verify_ours(run["exit_code"], report, expected)
-    run["report"] = None if report is None else {
-        k: report.get(k) for k in ("status", "records_read", "activities_written", "duplicates_dropped",
-                                   "rejected", "partitions_written")}
+    run["report"] = (
+        None
+        if report is None
+        else {
+            k: report.get(k)
+            for k in (
+                "status",
+                "records_read",
+                "activities_written",
+                "duplicates_dropped",
+                "rejected",
+                "partitions_written",
+            )
+        }
+    )
     return run
 
 
-def run_duckdb(input_dir: Path, expected: dict[str, Any], out: Path, name: str, logs: Path,
-               quiet_wait: float = 0.0) -> dict[str, Any]:
+def run_duckdb(
+    input_dir: Path, expected: dict[str, Any], out: Path, name: str, logs: Path, quiet_wait: float = 0.0
+) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, str(REPO / "benchmarks" / "duckdb_baseline.py"), str(input_dir / "events-*.jsonl"),
-           str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "duckdb_baseline.py"),
+        str(input_dir / "events-*.jsonl"),
+        str(out),
+    ]
     run = run_measured(cmd, logs, name, quiet_wait)
     result = None
     lines = Path(run["stdout"]).read_text(encoding="utf-8", errors="replace").strip().splitlines()
@@ -676,14 +776,19 @@ def run_duckdb(input_dir: Path, expected: dict[str, Any], out: Path, name: str, 
 
 
 def _progress(label: str, run: dict[str, Any]) -> None:
-    verdict = "ok" if not run["problems"] else "FAILED: " + "; ".join(run["problems"]) + f" (see {run['stderr']})"
+    verdict = (
+        "ok" if not run["problems"] else "FAILED: " + "; ".join(run["problems"]) + f" (see {run['stderr']})"
+    )
     tree = run["tree_rss_kb"]
     waited = f" (waited {run['quiet_wait_s']:.0f} s for quiet)" if run["quiet_wait_s"] >= 2 else ""
-    print(f"  {label}: {run['wall_s']:.2f} s, peak RSS {run['maxrss_kb'] / 1024:,.0f} MiB"
-          f" (tree {'-' if tree is None else f'{tree / 1024:,.0f}'} MiB, {run['tree_processes']} proc), "
-          f"cpu {run['cpu_s']:.1f} s, others' CPU {run['others_cpu_share']:.0%}"
-          f"{waited}, "
-          f"load {run['loadavg_1m_at_start']}, {verdict}", flush=True)
+    print(
+        f"  {label}: {run['wall_s']:.2f} s, peak RSS {run['maxrss_kb'] / 1024:,.0f} MiB"
+        f" (tree {'-' if tree is None else f'{tree / 1024:,.0f}'} MiB, {run['tree_processes']} proc), "
+        f"cpu {run['cpu_s']:.1f} s, others' CPU {run['others_cpu_share']:.0%}"
+        f"{waited}, "
+        f"load {run['loadavg_1m_at_start']}, {verdict}",
+        flush=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -707,27 +812,43 @@ def measured(attempt: Callable[[float], dict[str, Any]], label: str, settings: S
             run["noisy_attempts"] = noisy
             return run
         noisy.append({"wall_s": round(run["wall_s"], 3), "others_cpu_share": run["others_cpu_share"]})
-        print(f"    noisy (others took {run['others_cpu_share']:.0%} of the CPUs): measuring again", flush=True)
+        print(
+            f"    noisy (others took {run['others_cpu_share']:.0%} of the CPUs): measuring again", flush=True
+        )
 
 
-def measure_size(work: Path, events: int, files: int, rounds: int, modes: Sequence[str],
-                 settings: Settings = Settings()) -> dict[str, Any]:
+def measure_size(
+    work: Path, events: int, files: int, rounds: int, modes: Sequence[str], settings: Settings = Settings()
+) -> dict[str, Any]:
     """Alternate DuckDB and our modes ``rounds`` times on one generated set."""
     input_dir, expected = ensure_dataset(work, events, files, DATA_PARAMS)
     input_bytes = sum((input_dir / f).stat().st_size for f in expected["files"])
-    print(f"\n{events:,} events ({input_bytes / 1e6:,.0f} MB in {files} files), {rounds} round(s)", flush=True)
+    print(
+        f"\n{events:,} events ({input_bytes / 1e6:,.0f} MB in {files} files), {rounds} round(s)", flush=True
+    )
     out, logs = work / "out", work / "logs"
     runs: dict[str, list[dict[str, Any]]] = {DUCKDB: [], **{f"{OURS}/{m}": [] for m in modes}}
     for r in range(1, rounds + 1):
-        runs[DUCKDB].append(measured(
-            lambda wait, r=r: run_duckdb(input_dir, expected, out / "duckdb", f"duckdb-{events}-r{r}", logs, wait),
-            f"round {r} duckdb", settings))
+        runs[DUCKDB].append(
+            measured(
+                lambda wait, r=r: run_duckdb(
+                    input_dir, expected, out / "duckdb", f"duckdb-{events}-r{r}", logs, wait
+                ),
+                f"round {r} duckdb",
+                settings,
+            )
+        )
         for mode in modes:
             run_id = f"bench-{events}-{mode}-r{r}"
-            runs[f"{OURS}/{mode}"].append(measured(
-                lambda wait, run_id=run_id, mode=mode: run_ours(
-                    input_dir, expected, out / f"ours-{mode}", run_id, mode, logs, quiet_wait=wait),
-                f"round {r} {OURS} {mode}", settings))
+            runs[f"{OURS}/{mode}"].append(
+                measured(
+                    lambda wait, run_id=run_id, mode=mode: run_ours(
+                        input_dir, expected, out / f"ours-{mode}", run_id, mode, logs, quiet_wait=wait
+                    ),
+                    f"round {r} {OURS} {mode}",
+                    settings,
+                )
+            )
     engines = {label: summarize(label_runs, events) for label, label_runs in runs.items()}
     duck_eps = engines[DUCKDB]["events_per_s"]
     return {
@@ -742,16 +863,23 @@ def measure_size(work: Path, events: int, files: int, rounds: int, modes: Sequen
     }
 
 
-def measure_incremental(work: Path, files: int, rounds: int, base_events: int, events: int,
-                        settings: Settings = Settings()) -> dict[str, Any]:
+def measure_incremental(
+    work: Path, files: int, rounds: int, base_events: int, events: int, settings: Settings = Settings()
+) -> dict[str, Any]:
     """The Nth scheduled run: ``events`` new events into a data source holding ``base_events``, vs empty."""
     base_dir, base_expected = ensure_dataset(work, base_events, files, DATA_PARAMS)
-    params = {**DATA_PARAMS, "seed": INCREMENTAL_SEED, "days": INCREMENTAL_DAYS,
-              "start": next_start(DATA_PARAMS["start"], DATA_PARAMS["days"])}
+    params = {
+        **DATA_PARAMS,
+        "seed": INCREMENTAL_SEED,
+        "days": INCREMENTAL_DAYS,
+        "start": next_start(DATA_PARAMS["start"], DATA_PARAMS["days"]),
+    }
     new_dir, expected = ensure_dataset(work, events, files, params)
     out, logs = work / "out", work / "logs"
-    print(f"\nincremental: {events:,} new events into a data source holding {base_events:,} vs an empty one",
-          flush=True)
+    print(
+        f"\nincremental: {events:,} new events into a data source holding {base_events:,} vs an empty one",
+        flush=True,
+    )
     base_lake = out / "incremental-base"
     base_run = run_ours(base_dir, base_expected, base_lake, "bench-incremental-base", "in_memory", logs)
     _progress(f"building the {base_events:,}-event data source (not timed for the comparison)", base_run)
@@ -761,22 +889,47 @@ def measure_incremental(work: Path, files: int, rounds: int, base_events: int, e
         if lake.exists():
             shutil.rmtree(lake)
         shutil.copytree(base_lake, lake)  # a fresh copy of the data source per attempt, not timed
-        return run_ours(new_dir, expected, lake, f"bench-incremental-into-base-r{r}", "in_memory", logs,
-                        fresh=False, quiet_wait=wait)
+        return run_ours(
+            new_dir,
+            expected,
+            lake,
+            f"bench-incremental-into-base-r{r}",
+            "in_memory",
+            logs,
+            fresh=False,
+            quiet_wait=wait,
+        )
 
     def into_empty(wait: float, r: int) -> dict[str, Any]:
-        return run_ours(new_dir, expected, out / "incremental-into-empty", f"bench-incremental-into-empty-r{r}",
-                        "in_memory", logs, quiet_wait=wait)
+        return run_ours(
+            new_dir,
+            expected,
+            out / "incremental-into-empty",
+            f"bench-incremental-into-empty-r{r}",
+            "in_memory",
+            logs,
+            quiet_wait=wait,
+        )
 
     runs: dict[str, list[dict[str, Any]]] = {"into_base": [], "into_empty": []}
     if base_run["problems"]:
-        runs["into_base"].append({**base_run, "problems": ["base data source failed: " + "; ".join(base_run["problems"])]})
+        runs["into_base"].append(
+            {**base_run, "problems": ["base data source failed: " + "; ".join(base_run["problems"])]}
+        )
     else:
         for r in range(1, rounds + 1):
-            runs["into_base"].append(measured(lambda wait, r=r: into_base(wait, r),
-                                              f"round {r} into the {base_events:,}-event data source", settings))
-            runs["into_empty"].append(measured(lambda wait, r=r: into_empty(wait, r),
-                                               f"round {r} into an empty data source", settings))
+            runs["into_base"].append(
+                measured(
+                    lambda wait, r=r: into_base(wait, r),
+                    f"round {r} into the {base_events:,}-event data source",
+                    settings,
+                )
+            )
+            runs["into_empty"].append(
+                measured(
+                    lambda wait, r=r: into_empty(wait, r), f"round {r} into an empty data source", settings
+                )
+            )
     summary_base, summary_empty = summarize(runs["into_base"], events), summarize(runs["into_empty"], events)
     return {
         "base_events": base_events,
@@ -842,9 +995,22 @@ def _loadavg() -> list[float]:
 
 def _strip_runs(results: dict[str, Any]) -> dict[str, Any]:
     """The results without the per-run command lines and log paths (kept: numbers and problems)."""
-    keep = ("exit_code", "wall_s", "cpu_s", "maxrss_kb", "tree_rss_kb", "tree_processes", "loadavg_1m_at_start",
-            "quiet_wait_s", "others_cpu_before", "others_cpu_share", "noisy_attempts", "problems", "report",
-            "result")
+    keep = (
+        "exit_code",
+        "wall_s",
+        "cpu_s",
+        "maxrss_kb",
+        "tree_rss_kb",
+        "tree_processes",
+        "loadavg_1m_at_start",
+        "quiet_wait_s",
+        "others_cpu_before",
+        "others_cpu_share",
+        "noisy_attempts",
+        "problems",
+        "report",
+        "result",
+    )
 
     def slim(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         return {label: [{k: run[k] for k in keep if k in run} for run in rs] for label, rs in runs.items()}
@@ -858,27 +1024,55 @@ def _strip_runs(results: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
-                        help="comma-separated event counts (300000, 300k, 1M)")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in DEFAULT_SIZES),
+        help="comma-separated event counts (300000, 300k, 1M)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="runs of each engine per size (medians)")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="generated data, outputs and logs (default: bench-work/ in the repository)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="generated data, outputs and logs (default: bench-work/ in the repository)",
+    )
     parser.add_argument("--files", type=int, default=8, help="input files per size")
-    parser.add_argument("--modes", default="in_memory,multi_processing",
-                        help=f"our Beam modes, comma-separated: {', '.join(MODE_OPTIONS)}")
-    parser.add_argument("--incremental", action="store_true",
-                        help="also measure 100k new events into a data source holding 3M vs into an empty one")
+    parser.add_argument(
+        "--modes",
+        default="in_memory,multi_processing",
+        help=f"our Beam modes, comma-separated: {', '.join(MODE_OPTIONS)}",
+    )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="also measure 100k new events into a data source holding 3M vs into an empty one",
+    )
     parser.add_argument("--incremental-base", default=str(INCREMENTAL_BASE), help="events already held")
     parser.add_argument("--incremental-events", default=str(INCREMENTAL_EVENTS), help="new events")
-    parser.add_argument("--quiet-wait", type=float, default=DEFAULT_QUIET_WAIT, metavar="SECONDS",
-                        help="before each run, wait up to this long for other processes to use less than "
-                             f"{QUIET_SHARE * 100:.0f}%% of the CPUs (0: don't wait)")
-    parser.add_argument("--noisy-retries", type=int, default=DEFAULT_NOISY_RETRIES, metavar="N",
-                        help=f"measure a run again (up to N times) when other processes took more than "
-                             f"{NOISY_SHARE * 100:.0f}%% of the CPUs while it ran (0: keep every run)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=DEFAULT_QUIET_WAIT,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other processes to use less than "
+        f"{QUIET_SHARE * 100:.0f}%% of the CPUs (0: don't wait)",
+    )
+    parser.add_argument(
+        "--noisy-retries",
+        type=int,
+        default=DEFAULT_NOISY_RETRIES,
+        metavar="N",
+        help=f"measure a run again (up to N times) when other processes took more than "
+        f"{NOISY_SHARE * 100:.0f}%% of the CPUs while it ran (0: keep every run)",
+    )
     parser.add_argument("--json", type=Path, help="write every number (and every run) to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print the final report as Markdown tables")
-    parser.add_argument("--from-json", type=Path, metavar="RESULTS.json",
-                        help="measure nothing: print the report of an earlier --json file")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS.json",
+        help="measure nothing: print the report of an earlier --json file",
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         saved = json.loads(args.from_json.read_text(encoding="utf-8"))
@@ -903,15 +1097,23 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "machine": machine_info(),
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
-        "params": {"sizes": sizes, "rounds": args.rounds, "files": args.files, "modes": modes,
-                   "data": DATA_PARAMS, "incremental": args.incremental},
+        "params": {
+            "sizes": sizes,
+            "rounds": args.rounds,
+            "files": args.files,
+            "modes": modes,
+            "data": DATA_PARAMS,
+            "incremental": args.incremental,
+        },
         "loadavg": {"before": _loadavg()},
         "sizes": [],
     }
     m = results["machine"]
-    print(f"machine: {m['cpu_model']}; {m['nproc']} CPUs; {m['mem_total_gib']} GiB RAM; Linux {m['kernel']}; "
-          f"Python {m['python']}; duckdb {m['duckdb']}; pyarrow {m['pyarrow']}; apache-beam {m['apache_beam']}; "
-          f"insights-link {m['insights_link']} (git {m['git_commit']})")
+    print(
+        f"machine: {m['cpu_model']}; {m['nproc']} CPUs; {m['mem_total_gib']} GiB RAM; Linux {m['kernel']}; "
+        f"Python {m['python']}; duckdb {m['duckdb']}; pyarrow {m['pyarrow']}; apache-beam {m['apache_beam']}; "
+        f"insights-link {m['insights_link']} (git {m['git_commit']})"
+    )
     print(f"load average before: {results['loadavg']['before']}", flush=True)
 
     def save() -> None:
@@ -924,8 +1126,9 @@ def main(argv: list[str] | None = None) -> int:
         results["sizes"].append(measure_size(work, events, args.files, args.rounds, modes, settings))
         save()
     if args.incremental:
-        results["incremental"] = measure_incremental(work, args.files, args.rounds, base_events, new_events,
-                                                     settings)
+        results["incremental"] = measure_incremental(
+            work, args.files, args.rounds, base_events, new_events, settings
+        )
     results["loadavg"]["after"] = _loadavg()
     results["seconds"] = round(time.perf_counter() - began, 1)
     results["targets"] = evaluate_targets(results)

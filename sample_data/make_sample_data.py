@@ -458,9 +458,7 @@ def csv_file(b: Builder, earlier: list[Item]) -> list[Item]:
     times = list(b.day_times(date(2024, 5, 3), 30))
     for i, when in enumerate(times[:22]):
         form = "s" if i % 6 == 2 else ("offset" if i % 6 == 4 else "ms")
-        event, day = b.event(
-            when, form=form, kind=i % len(KINDS), with_title=True, with_name=i != 8
-        )
+        event, day = b.event(when, form=form, kind=i % len(KINDS), with_title=True, with_name=i != 8)
         if i == 5:
             event = set_path(event, "Signal.View.Title", "Multi-line\ntitle, quoted")
         items.append(Item(flatten(event), VALID, day))
@@ -485,9 +483,7 @@ def csv_file(b: Builder, earlier: list[Item]) -> list[Item]:
         Item(
             flatten(
                 set_path(
-                    set_path(
-                        b.event(times[26], with_title=True)[0], "Signal.Timestamp", "last week"
-                    ),
+                    set_path(b.event(times[26], with_title=True)[0], "Signal.Timestamp", "last week"),
                     "Signal.View.Uri",
                     "ftp://files.example.com/x",
                 )
@@ -544,9 +540,7 @@ def nested_avro(b: Builder, earlier: list[Item]) -> list[Item]:
             "invalid_type",
             note="Action.Name an object and a free-text timestamp: invalid_type wins",
         ),
-        Item(
-            ev(4, "Signal.Timestamp", "2024-13-01T00:00:00Z"), "invalid_timestamp", note="month 13"
-        ),
+        Item(ev(4, "Signal.Timestamp", "2024-13-01T00:00:00Z"), "invalid_timestamp", note="month 13"),
         Item(
             ev(5, "Signal.View.Uri", "mailto:someone@contoso-outdoor.example"),
             "invalid_uri",
@@ -585,9 +579,7 @@ def capture_avro(b: Builder, later_day1: list[Item]) -> list[Item]:
             "missing_field",
             note="empty Export.Id",
         ),
-        Item(
-            set_path(b.event(times[2])[0], "Signal.View", ABSENT), "missing_field", note="no View"
-        ),
+        Item(set_path(b.event(times[2])[0], "Signal.View", ABSENT), "missing_field", note="no View"),
         Item(
             set_path(b.event(times[3])[0], "Signal.View.Uri", {"href": SITE}),
             "invalid_type",
@@ -669,9 +661,7 @@ def avro_nested(event: dict[str, Any]) -> dict[str, Any]:
 
 def write_avro(schema: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
-    fastavro.writer(
-        buf, fastavro.parse_schema(schema), records, codec="null", sync_marker=AVRO_SYNC_MARKER
-    )
+    fastavro.writer(buf, fastavro.parse_schema(schema), records, codec="null", sync_marker=AVRO_SYNC_MARKER)
     return buf.getvalue()
 
 
@@ -886,9 +876,7 @@ def readme(expected: dict[str, Any], built: dict[str, tuple[list[Item], bytes]])
     for name, (items, _) in built.items():
         unit = "line" if ".jsonl" in name else "record"
         special = [
-            f"  - {unit} {pos}: {it.label}, {it.note}"
-            for pos, it in positioned(name, items)
-            if it.note
+            f"  - {unit} {pos}: {it.label}, {it.note}" for pos, it in positioned(name, items) if it.note
         ]
         notes.append(f"- `exports/{name}`\n" + "\n".join(special))
     return f"""# Sample data
@@ -976,8 +964,7 @@ def main(argv: list[str] | None = None) -> int:
 
     built = build()
     labels = {
-        name: [it.label for it in items if it.label != "blank"]
-        for name, (items, _) in sorted(built.items())
+        name: [it.label for it in items if it.label != "blank"] for name, (items, _) in sorted(built.items())
     }
     dates = {
         name: [it.utc_date for it in items if it.label != "blank"]
@@ -990,15 +977,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in labels:
             for pos, (want, got) in enumerate(zip(labels[name], again_labels[name], strict=True)):
                 if want != got:
-                    print(
-                        f"{name} record {pos + 1}: built as {want}, reads as {got}", file=sys.stderr
-                    )
+                    print(f"{name} record {pos + 1}: built as {want}, reads as {got}", file=sys.stderr)
         raise SystemExit("the written files do not read back as constructed")
 
     outputs: dict[Path, bytes] = {EXPORTS / name: data for name, (_, data) in built.items()}
     summary = {
-        k: expected[k]
-        for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")
+        k: expected[k] for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")
     }
     summary |= {k: expected[k] for k in ("rejected_total", "activities_per_date", "per_file")}
     summary["rejections"] = rejections(built)
@@ -1021,10 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_bytes(data)
     print(
         json.dumps(
-            {
-                k: summary[k]
-                for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")
-            }
+            {k: summary[k] for k in ("records_read", "activities_written", "duplicates_dropped", "rejected")}
         )
     )
     return 0

@@ -35,9 +35,7 @@ ENV_AZURITE_BIN = "INSIGHTS_LINK_AZURITE_BIN"  # optional override of the binary
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key, published in Microsoft's docs: not a secret.
-ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 HOST = "127.0.0.1"
 
 
@@ -88,9 +86,7 @@ class Azurite:
     account = ACCOUNT
     account_key = ACCOUNT_KEY
 
-    def __init__(
-        self, location: Path, binary: Path | None = None, startup_timeout: float = 30.0
-    ) -> None:
+    def __init__(self, location: Path, binary: Path | None = None, startup_timeout: float = 30.0) -> None:
         self.location = Path(location)
         self.binary = binary or azurite_binary()
         self.startup_timeout = startup_timeout
@@ -138,9 +134,7 @@ class Azurite:
         if self.is_running:
             return
         if not self.binary.exists():
-            raise AzuriteError(
-                f"Azurite is not installed at {self.binary}; install it with: {INSTALL_HINT}"
-            )
+            raise AzuriteError(f"Azurite is not installed at {self.binary}; install it with: {INSTALL_HINT}")
         (self.location / "data").mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:

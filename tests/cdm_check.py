@@ -33,7 +33,10 @@ async def _load(folder: str, manifest_name: str) -> dict:
         assert entity is not None, f"entity {decl.entity_name} did not load: {logs}"
         resolved = await entity.create_resolved_entity_async(f"{decl.entity_name}_resolved")
         partitions, incremental = [], []
-        for found, declared in ((partitions, decl.data_partitions), (incremental, decl.incremental_partitions)):
+        for found, declared in (
+            (partitions, decl.data_partitions),
+            (incremental, decl.incremental_partitions),
+        ):
             for partition in declared:
                 traits = [t.named_reference for t in partition.exhibits_traits]
                 assert "is.partition.format.parquet" in traits, traits

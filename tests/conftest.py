@@ -18,18 +18,35 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 # Every process a test starts loads tests/testing/sitecustomize.py (the failpoints).
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(Path(__file__).parent / "testing"), os.environ.get("PYTHONPATH", "")) if p)
+    p for p in (str(Path(__file__).parent / "testing"), os.environ.get("PYTHONPATH", "")) if p
+)
 
 pytest_plugins = ["conftest_azurite"]
 
 
-def event(eid, ts="2024-05-01T10:00:00Z", user="u1", uri="https://contoso.com/p", action="Email promo",
-          name="EmailPromoClick", **extra):
+def event(
+    eid,
+    ts="2024-05-01T10:00:00Z",
+    user="u1",
+    uri="https://contoso.com/p",
+    action="Email promo",
+    name="EmailPromoClick",
+    **extra,
+):
     """A nested refined event; pass None to drop a field."""
-    signal = {"Export": {"Id": eid}, "User": {"Id": user}, "Timestamp": ts, "View": {"Uri": uri},
-              "Action": {"Name": action}, "Name": name}
-    signal = {k: v for k, v in signal.items() if v is not None and v != {"Id": None} and v != {"Uri": None}
-              and v != {"Name": None}}
+    signal = {
+        "Export": {"Id": eid},
+        "User": {"Id": user},
+        "Timestamp": ts,
+        "View": {"Uri": uri},
+        "Action": {"Name": action},
+        "Name": name,
+    }
+    signal = {
+        k: v
+        for k, v in signal.items()
+        if v is not None and v != {"Id": None} and v != {"Uri": None} and v != {"Name": None}
+    }
     signal.update(extra)
     return {"Signal": signal}
 
@@ -64,15 +81,22 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "insights_link.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
 def manifest_locations(data_source: Path) -> list[str]:
     """Every Parquet file the manifest references (full and incremental partitions)."""
     doc = json.loads((data_source / "default.manifest.cdm.json").read_text())
-    return sorted(p["location"] for e in doc["entities"]
-                  for p in e["dataPartitions"] + e.get("incrementalPartitions", []))
+    return sorted(
+        p["location"]
+        for e in doc["entities"]
+        for p in e["dataPartitions"] + e.get("incrementalPartitions", [])
+    )
 
 
 def read_activities(data_source: Path) -> pa.Table:
@@ -83,8 +107,11 @@ def read_activities(data_source: Path) -> pa.Table:
 
 def parquet_files(data_source: Path) -> list[str]:
     """Every Parquet file below the data-source folder outside ``_`` folders."""
-    return sorted(str(p.relative_to(data_source)) for p in data_source.rglob("*.parquet")
-                  if not any(part.startswith("_") for part in p.relative_to(data_source).parts))
+    return sorted(
+        str(p.relative_to(data_source))
+        for p in data_source.rglob("*.parquet")
+        if not any(part.startswith("_") for part in p.relative_to(data_source).parts)
+    )
 
 
 def dead_letters(data_source: Path) -> list[dict]:

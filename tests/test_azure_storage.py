@@ -90,10 +90,7 @@ def test_parquet_written_and_read_through_the_file_objects(store: AzureStorage) 
 
 def test_keys_live_below_the_url_path(azurite: Azurite, store: AzureStorage) -> None:
     store.write_bytes("a/b.txt", b"1")
-    names = [
-        b.name
-        for b in _service(azurite).get_container_client(store.location.file_system).list_blobs()
-    ]
+    names = [b.name for b in _service(azurite).get_container_client(store.location.file_system).list_blobs()]
     assert names == ["lake/a/b.txt"]
     assert store.describe("a/b.txt") == f"{store.url}/a/b.txt"
     assert store.describe() == store.url
@@ -303,9 +300,7 @@ def test_wrong_account_key_is_a_clear_error_without_the_key(
     azurite: Azurite, azure_lake: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wrong_key = "V3JvbmdXcm9uZ1dyb25nV3JvbmdXcm9uZ1dyb25nV3JvbmdXcm9uZ1dyb25nV3Jvbmc="
-    monkeypatch.setenv(
-        "AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite.port, wrong_key)
-    )
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite.port, wrong_key))
     storage = AzureStorage.from_url(azure_lake)
     for attempt in (lambda: storage.write_bytes("a.bin", b"x"), lambda: storage.list()):
         with pytest.raises(StorageError) as err:
@@ -369,9 +364,7 @@ def test_emulator_down_fails_fast_with_the_url_then_recovers(
     assert storage.read_bytes("before.bin") == b"kept"  # same client, emulator back
 
 
-def test_invalid_retry_setting_is_a_clear_error(
-    azure_lake: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_invalid_retry_setting_is_a_clear_error(azure_lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSIGHTS_LINK_AZURE_RETRIES", "lots")
     with pytest.raises(StorageError, match="INSIGHTS_LINK_AZURE_RETRIES='lots'"):
         AzureStorage.from_url(azure_lake)
@@ -434,9 +427,7 @@ def test_retries_503_and_429_then_succeeds_scripted_http_server(
     scripted_server: type[_ScriptedBlobServer],
 ) -> None:
     scripted_server.script[:] = [503, 429, 500, 404]
-    storage = AzureStorage.from_url(
-        f"abfss://{new_container_name()}@{ACCOUNT}.dfs.core.windows.net"
-    )
+    storage = AzureStorage.from_url(f"abfss://{new_container_name()}@{ACCOUNT}.dfs.core.windows.net")
     assert storage.info("x") is None  # the final 404 means "no object"
     assert scripted_server.seen == ["HEAD 503", "HEAD 429", "HEAD 500", "HEAD 404"]
 
@@ -446,9 +437,7 @@ def test_retries_dropped_connections_and_read_timeouts_scripted_http_server(
 ) -> None:
     monkeypatch.setenv("INSIGHTS_LINK_AZURE_READ_TIMEOUT", "0.3")
     scripted_server.script[:] = [DROP, SLOW, 404]
-    storage = AzureStorage.from_url(
-        f"abfss://{new_container_name()}@{ACCOUNT}.dfs.core.windows.net"
-    )
+    storage = AzureStorage.from_url(f"abfss://{new_container_name()}@{ACCOUNT}.dfs.core.windows.net")
     assert storage.info("x") is None
     assert scripted_server.seen == [f"HEAD {DROP}", f"HEAD {SLOW}", "HEAD 404"]
 
@@ -535,8 +524,7 @@ def test_grant_read_without_hns_raises_the_clear_error(store: AzureStorage) -> N
     with pytest.raises(StorageError) as err:
         store.grant_read("EngagementInsights", [OID_1])
     assert str(err.value) == (
-        "--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
-        "devstoreaccount1 has none"
+        "--grant-read needs an account with a hierarchical namespace (ADLS Gen2); devstoreaccount1 has none"
     )
 
 
@@ -618,9 +606,7 @@ def test_grant_read_reports_recursive_failures_fake_sdk_boundary(
 
 
 def test_merge_acl_widens_and_never_narrows() -> None:
-    assert merge_acl("user::rwx,user:a:rw-,mask::rw-", {"a": "--x"}) == (
-        "user::rwx,user:a:rwx,mask::rwx"
-    )
+    assert merge_acl("user::rwx,user:a:rw-,mask::rw-", {"a": "--x"}) == ("user::rwx,user:a:rwx,mask::rwx")
     assert merge_acl("user::rwx,default:user:a:---", {"a": "r-x"}) == (
         "user::rwx,default:user:a:---,user:a:r-x"
     )

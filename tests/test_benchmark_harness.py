@@ -24,22 +24,42 @@ EXPECTED: dict[str, Any] = {
     "valid_unique": 960,
     "duplicates": 10,
     "invalid_total": 30,
-    "invalid": {"malformed": 6, "missing_field": 6, "invalid_type": 6, "invalid_timestamp": 6,
-                "invalid_uri": 6},
+    "invalid": {
+        "malformed": 6,
+        "missing_field": 6,
+        "invalid_type": 6,
+        "invalid_timestamp": 6,
+        "invalid_uri": 6,
+    },
     "valid_unique_per_date": {"2024-05-01": 480, "2024-05-02": 480},
 }
 
 
 def _report(**changes: Any) -> dict[str, Any]:
-    report = {"status": "committed", "records_read": 1000, "activities_written": 960,
-              "duplicates_dropped": 10, "rejected": dict(EXPECTED["invalid"])}
+    report = {
+        "status": "committed",
+        "records_read": 1000,
+        "activities_written": 960,
+        "duplicates_dropped": 10,
+        "rejected": dict(EXPECTED["invalid"]),
+    }
     return report | changes
 
 
-def _run(wall: float, rss: int = 100_000, tree: int | None = 120_000, problems: list[str] | None = None,
-         others: float = 0.05):
-    return {"wall_s": wall, "maxrss_kb": rss, "tree_rss_kb": tree, "problems": problems or [],
-            "others_cpu_share": others}
+def _run(
+    wall: float,
+    rss: int = 100_000,
+    tree: int | None = 120_000,
+    problems: list[str] | None = None,
+    others: float = 0.05,
+):
+    return {
+        "wall_s": wall,
+        "maxrss_kb": rss,
+        "tree_rss_kb": tree,
+        "problems": problems or [],
+        "others_cpu_share": others,
+    }
 
 
 def test_median_rate_and_ratio() -> None:
@@ -55,7 +75,12 @@ def test_median_rate_and_ratio() -> None:
 
 def test_parse_count_and_dataset_key() -> None:
     assert [bench.parse_count(t) for t in ("300000", "300_000", "300k", "1M", "2.5m")] == [
-        300_000, 300_000, 300_000, 1_000_000, 2_500_000]
+        300_000,
+        300_000,
+        300_000,
+        1_000_000,
+        2_500_000,
+    ]
     for bad in ("0", "-5", "1.5", "abc"):
         with pytest.raises(ValueError):
             bench.parse_count(bad)
@@ -110,8 +135,14 @@ def test_noisy_runs_are_measured_again(capsys: pytest.CaptureFixture[str]) -> No
     shares = iter([0.6, 0.4, 0.02, 0.9])
 
     def attempt(wait: float) -> dict:
-        run = {**_run(1.0, others=next(shares)), "cpu_s": 1.0, "tree_processes": 1, "loadavg_1m_at_start": 0.1,
-               "quiet_wait_s": wait, "stderr": "x"}
+        run = {
+            **_run(1.0, others=next(shares)),
+            "cpu_s": 1.0,
+            "tree_processes": 1,
+            "loadavg_1m_at_start": 0.1,
+            "quiet_wait_s": wait,
+            "stderr": "x",
+        }
         return run
 
     settings = bench.Settings(quiet_wait=0.0, noisy_retries=2)
@@ -136,8 +167,11 @@ def _size(events: int, duck_wall: float, ours: dict[str, tuple[float, int]]) -> 
     for mode, (wall, rss) in ours.items():
         engines[f"insights-link/{mode}"] = bench.summarize([_run(wall, rss=rss, tree=None)], events)
     duck = engines["duckdb"]["events_per_s"]
-    return {"events": events, "engines": engines,
-            "ratio": {m: bench.ratio(engines[f"insights-link/{m}"]["events_per_s"], duck) for m in ours}}
+    return {
+        "events": events,
+        "engines": engines,
+        "ratio": {m: bench.ratio(engines[f"insights-link/{m}"]["events_per_s"], duck) for m in ours},
+    }
 
 
 def test_evaluate_targets_and_report() -> None:
@@ -149,9 +183,14 @@ def test_evaluate_targets_and_report() -> None:
             _size(1_000_000, 1.5, {"in_memory": (5.0, 700_000), "multi_processing": (4.5, 800_000)}),
             _size(3_000_000, 4.5, {"in_memory": (13.0, 1_000_000), "multi_processing": (12.0, 900_000)}),
         ],
-        "incremental": {"events": 100_000, "base_events": 3_000_000, "dates": ["2024-05-30"],
-                        "into_base": bench.summarize([_run(2.2)], 100_000),
-                        "into_empty": bench.summarize([_run(2.0)], 100_000), "ratio": 1.1},
+        "incremental": {
+            "events": 100_000,
+            "base_events": 3_000_000,
+            "dates": ["2024-05-30"],
+            "into_base": bench.summarize([_run(2.2)], 100_000),
+            "into_empty": bench.summarize([_run(2.0)], 100_000),
+            "ratio": 1.1,
+        },
     }
     targets = {t["target"]: t for t in bench.evaluate_targets(results)}
     assert targets["throughput"]["met"] is False and targets["throughput"]["measured"] == "0.30x"
@@ -189,9 +228,28 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     """The real harness on 2,000 events, one round, in_memory only: exits 0 and reports verified numbers."""
     out = tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--sizes", "2000", "--rounds", "1",
-         "--modes", "in_memory", "--quiet-wait", "0", "--noisy-retries", "0", "--work", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--sizes",
+            "2000",
+            "--rounds",
+            "1",
+            "--modes",
+            "in_memory",
+            "--quiet-wait",
+            "0",
+            "--noisy-retries",
+            "0",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())

@@ -18,25 +18,43 @@ def _cases(tmp_path, src):
     lake = str(tmp_path / "lake")
     return {
         "input matches nothing": (["--input", str(tmp_path / "nope" / "*.jsonl"), "--output", lake], "nope"),
-        "input does not exist": (["--input", str(tmp_path / "missing.jsonl"), "--output", lake], "missing.jsonl"),
+        "input does not exist": (
+            ["--input", str(tmp_path / "missing.jsonl"), "--output", lake],
+            "missing.jsonl",
+        ),
         "bad data source name": (["--input", str(src), "--output", lake, "--data-source", "2bad"], "'2bad'"),
         "hive-style name": (["--input", str(src), "--output", lake, "--activity-name", "date=1"], "'date=1'"),
         "typo in an option": (["--input", str(src), "--ouptut", lake], "--ouptut"),
-        "shell-expanded glob": (["--input", str(src), str(tmp_path / "other.jsonl"), "--output", lake],
-                                "other.jsonl"),
+        "shell-expanded glob": (
+            ["--input", str(src), str(tmp_path / "other.jsonl"), "--output", lake],
+            "other.jsonl",
+        ),
         "output is a file": (["--input", str(src), "--output", str(a_file)], "existing-file"),
         "output below a file": (["--input", str(src), "--output", str(a_file / "lake")], "existing-file"),
         "unknown extension": (["--input", str(a_file), "--output", lake], "--input-format"),
         "bad input format": (["--input", str(src), "--output", lake, "--input-format", "xml"], "xml"),
         "missing output": (["--input", str(src)], "--output"),
-        "bad run time": (["--input", str(src), "--output", lake, "--run-time", "2024-02-30T00:00:00Z"],
-                         "2024-02-30"),
+        "bad run time": (
+            ["--input", str(src), "--output", lake, "--run-time", "2024-02-30T00:00:00Z"],
+            "2024-02-30",
+        ),
     }
 
 
-CASES = ["input matches nothing", "input does not exist", "bad data source name", "hive-style name",
-         "typo in an option", "shell-expanded glob", "output is a file", "output below a file",
-         "unknown extension", "bad input format", "missing output", "bad run time"]
+CASES = [
+    "input matches nothing",
+    "input does not exist",
+    "bad data source name",
+    "hive-style name",
+    "typo in an option",
+    "shell-expanded glob",
+    "output is a file",
+    "output below a file",
+    "unknown extension",
+    "bad input format",
+    "missing output",
+    "bad run time",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

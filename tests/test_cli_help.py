@@ -62,8 +62,14 @@ def test_readme_option_table_is_generated_from_the_spec():
 
 def test_every_run_option_has_a_job_key_and_the_job_file_takes_it(tmp_path):
     samples = {"str": "x", "int": 3, "float": 0.5, "bool": True, "list": ["a"], "time": "2024-05-01"}
-    special = {"output": "lake", "data_source": "Ds", "input_format": "csv", "layout": "incremental",
-               "run_id": "r1", "log_format": "json"}
+    special = {
+        "output": "lake",
+        "data_source": "Ds",
+        "input_format": "csv",
+        "layout": "incremental",
+        "run_id": "r1",
+        "log_format": "json",
+    }
     lines = []
     for o in RUN_OPTIONS:
         value = special.get(o.key, samples[o.kind])
@@ -75,12 +81,26 @@ def test_every_run_option_has_a_job_key_and_the_job_file_takes_it(tmp_path):
     assert set(parsed.settings) == {o.dest for o in RUN_OPTIONS}
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("max_rows_per_file", "0"), ("max_rows_per_file", "-5"), ("block_records", "0"), ("lock_wait", "-1"),
-    ("max_rejected_ratio", "1.5"), ("data_source", '""'), ("layout", '"sideways"'), ("since", '"yesterday"'),
-    ("max_rows_per_file", '"many"'), ("reprocess", '"yes"'), ("grant_read", '[""]'), ("nonsense", "1"),
-    ("lock_wait", "nan"), ("max_rows_per_file", "1e300"), ("grant_read", "[]"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_rows_per_file", "0"),
+        ("max_rows_per_file", "-5"),
+        ("block_records", "0"),
+        ("lock_wait", "-1"),
+        ("max_rejected_ratio", "1.5"),
+        ("data_source", '""'),
+        ("layout", '"sideways"'),
+        ("since", '"yesterday"'),
+        ("max_rows_per_file", '"many"'),
+        ("reprocess", '"yes"'),
+        ("grant_read", '[""]'),
+        ("nonsense", "1"),
+        ("lock_wait", "nan"),
+        ("max_rows_per_file", "1e300"),
+        ("grant_read", "[]"),
+    ],
+)
 def test_bad_job_file_values_are_usage_errors_naming_the_key(tmp_path, key, value):
     job = tmp_path / "job.toml"
     job.write_text(f'output = "lake"\n{key} = {value}\n[[activity]]\nname = "T"\ninputs = ["in"]\n')
@@ -91,8 +111,19 @@ def test_bad_job_file_values_are_usage_errors_naming_the_key(tmp_path, key, valu
 def test_strict_beam_arguments_are_pinned():
     """The one place that decides which arguments Beam knows."""
     assert unknown_beam_arguments([]) == []
-    assert unknown_beam_arguments(["--runner", "DirectRunner", "--direct_num_workers=2",
-                                   "--direct_running_mode", "multi_processing", "--temp_location=/tmp"]) == []
+    assert (
+        unknown_beam_arguments(
+            [
+                "--runner",
+                "DirectRunner",
+                "--direct_num_workers=2",
+                "--direct_running_mode",
+                "multi_processing",
+                "--temp_location=/tmp",
+            ]
+        )
+        == []
+    )
     assert unknown_beam_arguments(["--ouptut", "x", "--runner=DirectRunner"]) == ["--ouptut", "x"]
     assert unknown_beam_arguments(["stray.jsonl"]) == ["stray.jsonl"]
 
@@ -102,31 +133,46 @@ def source(tmp_path):
     return write_jsonl(tmp_path / "in" / "e.jsonl", [event("a")])
 
 
-NO_CREDENTIALS = {"AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_KEY": "", "AZURE_STORAGE_SAS_TOKEN": "",
-                  "IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token", "IDENTITY_HEADER": "none",
-                  "MSI_ENDPOINT": "", "AZURE_CLIENT_ID": "", "AZURE_TENANT_ID": "", "AZURE_CLIENT_SECRET": ""}
+NO_CREDENTIALS = {
+    "AZURE_STORAGE_CONNECTION_STRING": "",
+    "AZURE_STORAGE_KEY": "",
+    "AZURE_STORAGE_SAS_TOKEN": "",
+    "IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token",
+    "IDENTITY_HEADER": "none",
+    "MSI_ENDPOINT": "",
+    "AZURE_CLIENT_ID": "",
+    "AZURE_TENANT_ID": "",
+    "AZURE_CLIENT_SECRET": "",
+}
 
 
-@pytest.mark.parametrize(("extra", "named", "env"), [
-    (["--runner", "NoSuchRunner"], "NoSuchRunner", {}),
-    (["--runner", "DataflowRunner"], "DataflowRunner", {}),
-    (["--output", "gs://bucket/lake"], "gs://", {}),
-    (["--input", "s3://bucket/in.jsonl"], "s3://", {}),
-    (["--property", "Session.Id"], "Session.Id", {}),
-    (["--max-rows-per-file", "0"], "--max-rows-per-file", {}),
-    (["--lock-wait", "-3"], "--lock-wait", {}),
-    (["--since", "2024-13-01"], "--since", {}),
-    (["--data-source", ""], "--data-source", {}),
-    (["--activity-name", "A" * 300], "--activity-name", {}),
-    (["--run-id", "r" * 300], "--run-id", {}),
-    (["--run-id", "a/b"], "--run-id", {}),
-    (["--max-rows-per-file", "9" * 30], "--max-rows-per-file", {}),
-    (["--runner=os.system"], "os.system", {}),
-    (["--direct_num_workers=-3"], "direct_num_workers", {}),
-    (["--runner=PortableRunner"], "job_endpoint", {}),
-    (["--job", ""], "--job", {}),
-    (["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"], "credential settings", NO_CREDENTIALS),
-])
+@pytest.mark.parametrize(
+    ("extra", "named", "env"),
+    [
+        (["--runner", "NoSuchRunner"], "NoSuchRunner", {}),
+        (["--runner", "DataflowRunner"], "DataflowRunner", {}),
+        (["--output", "gs://bucket/lake"], "gs://", {}),
+        (["--input", "s3://bucket/in.jsonl"], "s3://", {}),
+        (["--property", "Session.Id"], "Session.Id", {}),
+        (["--max-rows-per-file", "0"], "--max-rows-per-file", {}),
+        (["--lock-wait", "-3"], "--lock-wait", {}),
+        (["--since", "2024-13-01"], "--since", {}),
+        (["--data-source", ""], "--data-source", {}),
+        (["--activity-name", "A" * 300], "--activity-name", {}),
+        (["--run-id", "r" * 300], "--run-id", {}),
+        (["--run-id", "a/b"], "--run-id", {}),
+        (["--max-rows-per-file", "9" * 30], "--max-rows-per-file", {}),
+        (["--runner=os.system"], "os.system", {}),
+        (["--direct_num_workers=-3"], "direct_num_workers", {}),
+        (["--runner=PortableRunner"], "job_endpoint", {}),
+        (["--job", ""], "--job", {}),
+        (
+            ["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"],
+            "credential settings",
+            NO_CREDENTIALS,
+        ),
+    ],
+)
 def test_configuration_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, source, extra, named, env):
     lake = tmp_path / "lake"
     args = ["export", "--input", str(source), "--output", str(lake), *extra]
@@ -139,10 +185,21 @@ def test_configuration_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path,
 
 
 def test_plain_dates_are_accepted_for_since_and_until(tmp_path):
-    src = write_jsonl(tmp_path / "in" / "e.jsonl", [event("a", ts="2024-05-01T10:00:00Z"),
-                                                     event("b", ts="2024-05-02T10:00:00Z")])
-    run = run_cli("export", "--input", str(src), "--output", str(tmp_path / "lake"),
-                  "--since", "2024-05-02", "--until", "2024-05-03")
+    src = write_jsonl(
+        tmp_path / "in" / "e.jsonl",
+        [event("a", ts="2024-05-01T10:00:00Z"), event("b", ts="2024-05-02T10:00:00Z")],
+    )
+    run = run_cli(
+        "export",
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "lake"),
+        "--since",
+        "2024-05-02",
+        "--until",
+        "2024-05-03",
+    )
     assert run.returncode == 0, run.stderr
     assert "activities written:  1" in run.stdout
 
@@ -155,9 +212,23 @@ def test_progress_bar_on_a_pseudo_terminal(tmp_path):
     src = write_jsonl(tmp_path / "in" / "e.jsonl", [event(f"e{i}") for i in range(50)])
     write_jsonl(tmp_path / "in" / "f.jsonl", [event(f"f{i}") for i in range(50)])
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "insights_link.cli", "export", "--input", str(src.parent),
-                             "--output", str(tmp_path / "lake")], stdin=follower, stdout=follower,
-                            stderr=follower, cwd=REPO, env=dict(os.environ, COLUMNS="120"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "insights_link.cli",
+            "export",
+            "--input",
+            str(src.parent),
+            "--output",
+            str(tmp_path / "lake"),
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=REPO,
+        env=dict(os.environ, COLUMNS="120"),
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -194,11 +265,30 @@ def test_no_azure_credentials_at_all_is_one_line_exit_2_without_retries(tmp_path
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MSI_", "IDENTITY_"))}
-    env.update({"IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token", "IDENTITY_HEADER": "none",
-                "HOME": str(tmp_path)})
-    run = subprocess.run([sys.executable, "-m", "insights_link.cli", "export", "--input", str(source),
-                          "--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    env.update(
+        {
+            "IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token",
+            "IDENTITY_HEADER": "none",
+            "HOME": str(tmp_path),
+        }
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insights_link.cli",
+            "export",
+            "--input",
+            str(source),
+            "--output",
+            "abfss://lake@devstoreaccount1.dfs.core.windows.net/x",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert run.returncode == 2, run.stderr
     lines = [x for x in run.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "no Azure credentials" in lines[0], run.stderr
@@ -215,8 +305,10 @@ def test_empty_event_names_list_in_a_job_is_a_usage_error(tmp_path):
 def test_job_file_output_settings_count_like_flags(tmp_path, source):
     """log_format, quiet and a TOML date for since, set in the job file, take effect."""
     job = tmp_path / "job.toml"
-    job.write_text(f'output = "{tmp_path / "lake"}"\nlog_format = "json"\nquiet = true\nsince = 2024-05-01\n'
-                   f'[[activity]]\nname = "WebLog"\ninputs = ["{source}"]\n')
+    job.write_text(
+        f'output = "{tmp_path / "lake"}"\nlog_format = "json"\nquiet = true\nsince = 2024-05-01\n'
+        f'[[activity]]\nname = "WebLog"\ninputs = ["{source}"]\n'
+    )
     run = run_cli("export", "--job", str(job))
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])

@@ -35,13 +35,21 @@ JSONL = [
     (b'{"Signal": {"Export": {"Id": "bad\xff\xfe"}}}', "malformed", False),
     (b'{"Signal": {"Export": {"Id": "caf\xc3"}, "Timestamp": "2024-05-01T10:00:00Z"}}', "malformed", False),
     (b'{"Signal": {"Export": {"Id": "cesu \xed\xa0\x80"}}}', "malformed", False),  # an encoded surrogate
-    (b'\xff not json at all \x80', "malformed", False),
-    (b'{"Signal": {"Export": {"Id": "\\ud800"}, "User": {"Id": "u"}, "Timestamp": "2024-05-01T10:00:00Z", '
-     b'"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}', "malformed", True),  # escaped lone surrogate
+    (b"\xff not json at all \x80", "malformed", False),
+    (
+        b'{"Signal": {"Export": {"Id": "\\ud800"}, "User": {"Id": "u"}, "Timestamp": "2024-05-01T10:00:00Z", '
+        b'"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}',
+        "malformed",
+        True,
+    ),  # escaped lone surrogate
     (b'{"Signal": {"Export": {"Id": "raw\x01control\x00"}}}', "malformed", True),  # raw controls: bad JSON
     (_line(uri="https://contoso.com/\u0007bell"), "invalid_uri", True),  # escaped control, named in detail
     (_line(uri="https://contoso.com/p\u2028q"), "invalid_uri", True),
-    (json.dumps(event("caf\u00e9 \U0001f600", user=None), ensure_ascii=False).encode("utf-8"), "missing_field", True),
+    (
+        json.dumps(event("caf\u00e9 \U0001f600", user=None), ensure_ascii=False).encode("utf-8"),
+        "missing_field",
+        True,
+    ),
     (_line(ts="2024-05-01T10:00:00\u0080"), "invalid_timestamp", True),  # a C1 control, named in detail
 ]
 GOOD = json.dumps(event("ok1")).encode("utf-8")
@@ -52,14 +60,28 @@ CSV_BAD_ROW = b"c1,u\xe9\xff,2024-05-01T10:00:00Z,https://contoso.com/c,Click"
 def _avro_schema() -> dict:
     def rec(name, field):
         return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-    return {"type": "record", "name": "Event", "fields": [
-        {"name": "Signal", "type": {"type": "record", "name": "SignalRecord", "fields": [
-            {"name": "Export", "type": rec("ExportRecord", "Id")},
-            {"name": "User", "type": rec("UserRecord", "Id")},
-            {"name": "Timestamp", "type": "string"},
-            {"name": "View", "type": rec("ViewRecord", "Uri")},
-            {"name": "Action", "type": rec("ActionRecord", "Name")}]}},
-        {"name": "Score", "type": "double"}]}
+
+    return {
+        "type": "record",
+        "name": "Event",
+        "fields": [
+            {
+                "name": "Signal",
+                "type": {
+                    "type": "record",
+                    "name": "SignalRecord",
+                    "fields": [
+                        {"name": "Export", "type": rec("ExportRecord", "Id")},
+                        {"name": "User", "type": rec("UserRecord", "Id")},
+                        {"name": "Timestamp", "type": "string"},
+                        {"name": "View", "type": rec("ViewRecord", "Uri")},
+                        {"name": "Action", "type": rec("ActionRecord", "Name")},
+                    ],
+                },
+            },
+            {"name": "Score", "type": "double"},
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +93,14 @@ def exported(tmp_path_factory):
     (folder / "events.jsonl").write_bytes(b"\n".join([GOOD] + [raw for raw, _, _ in JSONL]) + b"\n")
     (folder / "events.csv").write_bytes(CSV_HEADER + b"\n" + CSV_BAD_ROW + b"\n")
     with open(folder / "events.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(_avro_schema()), [
-            dict(event("a1", uri="/relative"), Score=float("nan")),
-            dict(event("a2", uri="/relative"), Score=float("-inf")),
-        ])
+        fastavro.writer(
+            f,
+            fastavro.parse_schema(_avro_schema()),
+            [
+                dict(event("a1", uri="/relative"), Score=float("nan")),
+                dict(event("a2", uri="/relative"), Score=float("-inf")),
+            ],
+        )
     proc = run_cli("export", "--input", str(folder), "--output", str(root / "lake"), *RUN)
     assert proc.returncode == 0, proc.stderr
     ds = root / "lake" / "EngagementInsights"
@@ -106,7 +132,9 @@ def test_every_line_is_strict_json_in_valid_utf8(exported):
         record = strict.decode(text)
         assert _surrogates(record) == [], text
         assert {"reason", "detail", "source", "position", "payload", "run_id"} <= set(record)
-        assert set(record) - {"reason", "detail", "source", "position", "payload", "run_id"} <= {"payload_base64"}
+        assert set(record) - {"reason", "detail", "source", "position", "payload", "run_id"} <= {
+            "payload_base64"
+        }
     assert [r["ActivityId"] for r in read_activities(ds).to_pylist()] == ["ok1"]
 
 
@@ -116,8 +144,10 @@ def test_duckdb_loads_the_published_file(exported):
     con = duckdb.connect()
     try:
         rows = con.sql(f"select reason, position, payload_base64 from read_json_auto('{path}')").fetchall()
-        jsonl_reasons = con.sql(f"select position, reason from read_json_auto('{path}') "
-                                "where source like '%.jsonl' order by position").fetchall()
+        jsonl_reasons = con.sql(
+            f"select position, reason from read_json_auto('{path}') "
+            "where source like '%.jsonl' order by position"
+        ).fetchall()
     finally:
         con.close()
     assert len(rows) == len(_lines(blob))
@@ -128,8 +158,9 @@ def test_duckdb_loads_the_published_file(exported):
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 def test_jq_loads_every_line(exported):
     _, blob, _ = exported
-    proc = subprocess.run(["jq", "-c", "[.reason, .position]"], input=gzip.decompress(blob),
-                          capture_output=True, check=True)
+    proc = subprocess.run(
+        ["jq", "-c", "[.reason, .position]"], input=gzip.decompress(blob), capture_output=True, check=True
+    )
     assert len(proc.stdout.splitlines()) == len(_lines(blob))
 
 
@@ -167,6 +198,8 @@ def test_csv_and_avro_dead_letters(exported):
     cells = next(csv.reader(io.StringIO(base64.b64decode(row["payload_base64"]).decode("utf-8", "replace"))))
     assert dict(zip(CSV_HEADER.decode().split(","), cells, strict=True)) == row["payload"]
     avro = sorted((r for r in records if r["source"].endswith(".avro")), key=lambda r: r["position"])
-    assert [(r["reason"], r["payload"]["Score"]) for r in avro] == [("invalid_uri", "NaN"),
-                                                                   ("invalid_uri", "-Infinity")]
+    assert [(r["reason"], r["payload"]["Score"]) for r in avro] == [
+        ("invalid_uri", "NaN"),
+        ("invalid_uri", "-Infinity"),
+    ]
     assert all("payload_base64" not in r for r in avro)

@@ -53,7 +53,7 @@ def download(url: str, dest: Path, data_source: str = "EngagementInsights") -> P
     container = _container(url)
     prefix = f"lake/{data_source}/"
     for blob in container.list_blobs(name_starts_with=prefix):
-        target = dest / data_source / blob.name[len(prefix):]
+        target = dest / data_source / blob.name[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(container.download_blob(blob.name).readall())
     return dest / data_source
@@ -84,8 +84,9 @@ def test_export_to_azure_equals_the_local_export(tmp_path, azure_lake):
     assert report["status"] == "committed"
     for key in ("records_read", "activities_written", "duplicates_dropped", "rejected"):
         assert report[key] == expected[key], key
-    assert report["records_read"] == (report["activities_written"] + report["duplicates_dropped"]
-                                      + sum(report["rejected"].values()))
+    assert report["records_read"] == (
+        report["activities_written"] + report["duplicates_dropped"] + sum(report["rejected"].values())
+    )
     assert len(dead_letters(ds)) == expected["rejected_total"]
     assert read_activities(ds).num_rows == expected["activities_written"]
     assert "abfss://" in remote.stdout
@@ -113,10 +114,16 @@ def test_https_url_form_addresses_the_same_lake_and_reruns_skip(tmp_path, azure_
     assert third["duplicates_dropped"] == expected["activities_written"] + expected["duplicates_dropped"]
 
 
-@pytest.mark.parametrize("pattern,files", [
-    ("exports", 5), ("exports/*.jsonl", 1), ("exports/web-events.csv", 1), ("exports/**/*.avro", 2),
-    ("exports/web-events-2024-05-0?.jsonl*", 2),  # '?' is a glob here, not a query string
-])
+@pytest.mark.parametrize(
+    "pattern,files",
+    [
+        ("exports", 5),
+        ("exports/*.jsonl", 1),
+        ("exports/web-events.csv", 1),
+        ("exports/**/*.avro", 2),
+        ("exports/web-events-2024-05-0?.jsonl*", 2),  # '?' is a glob here, not a query string
+    ],
+)
 def test_inputs_read_from_abfss_where_they_lie(tmp_path, azure_lake, pattern, files):
     container = _container(azure_lake)
     container.create_container()
@@ -136,9 +143,19 @@ def test_inputs_read_from_abfss_where_they_lie(tmp_path, azure_lake, pattern, fi
 
 @pytest.mark.parametrize("step", ["after_staged_file", "after_first_move", "after_manifest"])
 def test_killed_run_then_rerun_on_azure_equals_a_clean_run(tmp_path, azure_lake, step):
-    first = write_jsonl(tmp_path / "in" / "a.jsonl", [event("a"), event("b", ts="2024-05-02T00:00:00Z"), "bad"])
-    killed = run_cli("export", "--input", str(first), "--output", azure_lake, "--block-records", "1",
-                     env={"INSIGHTS_LINK_KILL_AT": step})
+    first = write_jsonl(
+        tmp_path / "in" / "a.jsonl", [event("a"), event("b", ts="2024-05-02T00:00:00Z"), "bad"]
+    )
+    killed = run_cli(
+        "export",
+        "--input",
+        str(first),
+        "--output",
+        azure_lake,
+        "--block-records",
+        "1",
+        env={"INSIGHTS_LINK_KILL_AT": step},
+    )
     assert killed.returncode == -signal.SIGKILL
     rerun = run_cli("export", "--input", str(first), "--output", azure_lake)
     assert rerun.returncode == 0, rerun.stderr
@@ -150,13 +167,20 @@ def test_killed_run_then_rerun_on_azure_equals_a_clean_run(tmp_path, azure_lake,
 
 
 @pytest.mark.parametrize("step", ["after_staged_file", "before_commit"])
-def test_emulator_stopped_mid_run_fails_cleanly_and_a_later_run_converges(tmp_path, azure_lake, azurite, step):
+def test_emulator_stopped_mid_run_fails_cleanly_and_a_later_run_converges(
+    tmp_path, azure_lake, azurite, step
+):
     src = write_jsonl(tmp_path / "in" / "a.jsonl", [event("a"), event("b")])
     marker = tmp_path / "paused"
     env = dict(os.environ, INSIGHTS_LINK_PAUSE_AT=step, INSIGHTS_LINK_PAUSE_FILE=str(marker))
-    proc = subprocess.Popen([sys.executable, "-m", "insights_link.cli", "export", "--input", str(src),
-                             "--output", azure_lake], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insights_link.cli", "export", "--input", str(src), "--output", azure_lake],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -183,15 +207,19 @@ def test_emulator_stopped_mid_run_fails_cleanly_and_a_later_run_converges(tmp_pa
 
 def test_wrong_credentials_clear_error_and_no_secret_echoed(tmp_path, azure_lake, azurite, monkeypatch):
     wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=" * 2
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
-                       azurite.connection_string.replace(azurite.account_key, wrong_key))
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(azurite.account_key, wrong_key)
+    )
     src = write_jsonl(tmp_path / "a.jsonl", [event("a")])
     proc = run_cli("export", "--input", str(src), "--output", azure_lake)
     assert proc.returncode == 2, proc.stderr  # a configuration mistake, found before anything is written
     assert "Traceback" not in proc.stderr
     assert wrong_key not in proc.stdout + proc.stderr and "AccountKey" not in proc.stdout + proc.stderr
-    assert any("authentication" in line.lower() or "credential" in line.lower()
-               for line in proc.stderr.splitlines() if line.startswith("insights-link:"))
+    assert any(
+        "authentication" in line.lower() or "credential" in line.lower()
+        for line in proc.stderr.splitlines()
+        if line.startswith("insights-link:")
+    )
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
     container = _container(azure_lake)  # nothing at all was written: no report, no dead letters
     assert not container.exists() or not list(container.list_blobs())
@@ -209,13 +237,17 @@ def _sas_connection_string(azurite, signature: str | None = None) -> tuple[str, 
     """A connection string carrying an account SAS (read/write/list/delete/create), and its
     signature; ``signature`` replaces the real one (a wrong SAS)."""
     sas = generate_account_sas(
-        azurite.account, azurite.account_key, ResourceTypes(service=True, container=True, object=True),
+        azurite.account,
+        azurite.account_key,
+        ResourceTypes(service=True, container=True, object=True),
         AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
-        expiry=datetime.now(UTC) + timedelta(hours=2))
+        expiry=datetime.now(UTC) + timedelta(hours=2),
+    )
     real = parse_qs(sas)["sig"][0]
     if signature is not None:
-        sas = "&".join(f"sig={quote(signature, safe='')}" if part.startswith("sig=") else part
-                       for part in sas.split("&"))
+        sas = "&".join(
+            f"sig={quote(signature, safe='')}" if part.startswith("sig=") else part for part in sas.split("&")
+        )
         assert parse_qs(sas)["sig"][0] == signature
     return f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}", signature or real
 
@@ -237,8 +269,9 @@ def _assert_secret_absent(secret: str, container, *texts: str) -> None:
         assert not any(f.encode() in data for f in forms), blob.name
 
 
-def test_sas_connection_string_exports_and_the_sas_is_stored_nowhere(tmp_path, azure_lake, azurite,
-                                                                       monkeypatch):
+def test_sas_connection_string_exports_and_the_sas_is_stored_nowhere(
+    tmp_path, azure_lake, azurite, monkeypatch
+):
     """A SAS in the connection string works, and never lands in the lake: not in a blob, and not
     in the committed Parquet files' copy-source property (readable by every reader of the lake)."""
     conn, sig = _sas_connection_string(azurite)
@@ -268,17 +301,30 @@ def test_wrong_sas_clear_error_and_no_secret_echoed(tmp_path, azure_lake, azurit
     container = _container(azure_lake)
     assert not container.exists() or not list(container.list_blobs())
     for secret in (wrong, azurite.account_key):
-        assert secret not in proc.stdout + proc.stderr and quote(secret, safe="") not in proc.stdout + proc.stderr
+        assert (
+            secret not in proc.stdout + proc.stderr
+            and quote(secret, safe="") not in proc.stdout + proc.stderr
+        )
 
 
-@pytest.mark.parametrize("flag,url,says", [
-    ("--output", "abfss://x@devstoreaccount1.dfs.core.windows.net/lake", "file system name 'x'"),
-    ("--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/l?sv=1&sig=TOPSECRET", "query string"),
-    ("--output", "http://127.0.0.1:10000/devstoreaccount1/lake", "plain http"),
-    ("--input", "abfss://x@devstoreaccount1.dfs.core.windows.net/exports", "file system name 'x'"),
-    ("--input", "abfss://{c}@devstoreaccount1.dfs.core.windows.net/exports/a.jsonl?sv=1&sig=TOPSECRET",
-     "query string"),
-])
+@pytest.mark.parametrize(
+    "flag,url,says",
+    [
+        ("--output", "abfss://x@devstoreaccount1.dfs.core.windows.net/lake", "file system name 'x'"),
+        (
+            "--output",
+            "abfss://lake@devstoreaccount1.dfs.core.windows.net/l?sv=1&sig=TOPSECRET",
+            "query string",
+        ),
+        ("--output", "http://127.0.0.1:10000/devstoreaccount1/lake", "plain http"),
+        ("--input", "abfss://x@devstoreaccount1.dfs.core.windows.net/exports", "file system name 'x'"),
+        (
+            "--input",
+            "abfss://{c}@devstoreaccount1.dfs.core.windows.net/exports/a.jsonl?sv=1&sig=TOPSECRET",
+            "query string",
+        ),
+    ],
+)
 def test_a_bad_azure_url_is_a_usage_error_that_never_echoes_a_sas(tmp_path, azure_lake, flag, url, says):
     """Exit 2 (usage), one line naming the URL without its query string; nothing written."""
     container = _container(azure_lake)
@@ -286,8 +332,11 @@ def test_a_bad_azure_url_is_a_usage_error_that_never_echoes_a_sas(tmp_path, azur
     container.upload_blob("exports/a.jsonl", json.dumps(event("a")).encode())
     url = url.format(c=_container_name(azure_lake))
     src = write_jsonl(tmp_path / "a.jsonl", [event("a")])
-    args = ["--input", url, "--output", str(tmp_path / "lake")] if flag == "--input" else \
-        ["--input", str(src), "--output", url]
+    args = (
+        ["--input", url, "--output", str(tmp_path / "lake")]
+        if flag == "--input"
+        else ["--input", str(src), "--output", url]
+    )
     proc = run_cli("export", *args)
     assert proc.returncode == 2, proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -330,9 +379,24 @@ def test_grant_read_runs_after_the_commit_with_a_faked_namespace(tmp_path, azure
     grant = [x for oid in oids for x in ("--grant-read", oid)]
 
     def export(mode):
-        return subprocess.run([sys.executable, str(driver), str(calls), mode, "export", "--input", str(src),
-                               "--output", azure_lake, *grant], capture_output=True, text=True, cwd=REPO,
-                              timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(driver),
+                str(calls),
+                mode,
+                "export",
+                "--input",
+                str(src),
+                "--output",
+                azure_lake,
+                *grant,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
 
     failed = export("fail")
     assert failed.returncode == 1, failed.stderr
@@ -350,8 +414,15 @@ def test_grant_read_runs_after_the_commit_with_a_faked_namespace(tmp_path, azure
 
 def test_grant_read_needs_a_hierarchical_namespace(tmp_path, azure_lake):
     src = write_jsonl(tmp_path / "a.jsonl", [event("a")])
-    proc = run_cli("export", "--input", str(src), "--output", azure_lake, "--grant-read",
-                   "00000000-0000-0000-0000-000000000001")
+    proc = run_cli(
+        "export",
+        "--input",
+        str(src),
+        "--output",
+        azure_lake,
+        "--grant-read",
+        "00000000-0000-0000-0000-000000000001",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "hierarchical namespace" in proc.stderr and "Traceback" not in proc.stderr
     container = _container(azure_lake)

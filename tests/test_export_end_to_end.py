@@ -37,12 +37,26 @@ JSONL_A = [
     (event("e5", ts="2024-04-31T10:00:00Z"), "invalid_timestamp"),
     (event("e6", uri="javascript:alert(1)"), "invalid_uri"),
     (event("e1"), "dup"),
-    ({"Signal.Export.Id": 7, "Signal.User.Id": 99, "Signal.Timestamp": 1714640400000,
-      "Signal.View.Uri": "http://fabrikam.com/x", "Signal.Action.Name": "Download"}, "ok"),
+    (
+        {
+            "Signal.Export.Id": 7,
+            "Signal.User.Id": 99,
+            "Signal.Timestamp": 1714640400000,
+            "Signal.View.Uri": "http://fabrikam.com/x",
+            "Signal.Action.Name": "Download",
+        },
+        "ok",
+    ),
 ]
 JSONL_B = [(event("e1"), "dup"), (event("e8", ts="2024-05-03T08:00:00Z", name=None), "ok")]
-CSV_HEADER = ["Signal.Export.Id", "Signal.User.Id", "Signal.Timestamp", "Signal.View.Uri",
-              "Signal.Action.Name", "Signal.Name"]
+CSV_HEADER = [
+    "Signal.Export.Id",
+    "Signal.User.Id",
+    "Signal.Timestamp",
+    "Signal.View.Uri",
+    "Signal.Action.Name",
+    "Signal.Name",
+]
 CSV_ROWS = [
     (["e9", "u9", "2024-05-02T12:00:00Z", "https://contoso.com/c", "Click", "ProductView"], "ok"),
     (["e10", "u9", "2024-05-02T12:00:00Z", "https://contoso.com/c", "Add, then buy", ""], "ok"),
@@ -50,8 +64,11 @@ CSV_ROWS = [
     (["e12", "u9", "2024-05-02T12:00:00Z", "https://contoso.com/c", "Click", "x", "extra"], "malformed"),
 ]
 AVRO_NESTED = [(event("e13", ts="2024-05-03T09:00:00Z"), "ok"), (event("e14", uri="/rel"), "invalid_uri")]
-CAPTURE = [(json.dumps(event("e15")).encode(), "ok"), (b"\xff\xfe not json", "malformed"),
-           (json.dumps(event("e2", ts="2024-05-02T01:30:00+02:00")).encode(), "dup")]
+CAPTURE = [
+    (json.dumps(event("e15")).encode(), "ok"),
+    (b"\xff\xfe not json", "malformed"),
+    (json.dumps(event("e2", ts="2024-05-02T01:30:00+02:00")).encode(), "dup"),
+]
 
 ALL = JSONL_A + JSONL_B + CSV_ROWS + AVRO_NESTED + CAPTURE
 
@@ -59,21 +76,41 @@ ALL = JSONL_A + JSONL_B + CSV_ROWS + AVRO_NESTED + CAPTURE
 def _signal_schema():
     def rec(name, field):
         return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-    return {"type": "record", "name": "Event", "fields": [{"name": "Signal", "type": {
-        "type": "record", "name": "SignalRecord", "fields": [
-            {"name": "Export", "type": rec("ExportRecord", "Id")},
-            {"name": "User", "type": rec("UserRecord", "Id")},
-            {"name": "Timestamp", "type": "string"},
-            {"name": "View", "type": rec("ViewRecord", "Uri")},
-            {"name": "Action", "type": rec("ActionRecord", "Name")},
-            {"name": "Name", "type": ["null", "string"], "default": None},
-        ]}}]}
+
+    return {
+        "type": "record",
+        "name": "Event",
+        "fields": [
+            {
+                "name": "Signal",
+                "type": {
+                    "type": "record",
+                    "name": "SignalRecord",
+                    "fields": [
+                        {"name": "Export", "type": rec("ExportRecord", "Id")},
+                        {"name": "User", "type": rec("UserRecord", "Id")},
+                        {"name": "Timestamp", "type": "string"},
+                        {"name": "View", "type": rec("ViewRecord", "Uri")},
+                        {"name": "Action", "type": rec("ActionRecord", "Name")},
+                        {"name": "Name", "type": ["null", "string"], "default": None},
+                    ],
+                },
+            }
+        ],
+    }
 
 
-CAPTURE_SCHEMA = {"type": "record", "name": "EventData", "namespace": "Microsoft.ServiceBus.Messaging",
-                  "fields": [{"name": "SequenceNumber", "type": "long"}, {"name": "Offset", "type": "string"},
-                             {"name": "EnqueuedTimeUtc", "type": "string"},
-                             {"name": "Body", "type": ["null", "bytes"]}]}
+CAPTURE_SCHEMA = {
+    "type": "record",
+    "name": "EventData",
+    "namespace": "Microsoft.ServiceBus.Messaging",
+    "fields": [
+        {"name": "SequenceNumber", "type": "long"},
+        {"name": "Offset", "type": "string"},
+        {"name": "EnqueuedTimeUtc", "type": "string"},
+        {"name": "Body", "type": ["null", "bytes"]},
+    ],
+}
 
 
 @pytest.fixture
@@ -84,10 +121,12 @@ def exports(tmp_path):
     lines = [r if isinstance(r, str) else json.dumps(r) for r, _ in JSONL_A]
     lines.insert(3, "")  # a blank line is not a record
     (folder / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
-    (folder / "b.jsonl.gz").write_bytes(gzip.compress(
-        "".join(json.dumps(r) + "\n" for r, _ in JSONL_B).encode()))
+    (folder / "b.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(r) + "\n" for r, _ in JSONL_B).encode())
+    )
     buf = io.StringIO()
     import csv
+
     w = csv.writer(buf)
     w.writerow(CSV_HEADER)
     for row, _ in CSV_ROWS:
@@ -97,9 +136,19 @@ def exports(tmp_path):
         recs = [dict(r, Signal=dict(r["Signal"], Name=r["Signal"].get("Name"))) for r, _ in AVRO_NESTED]
         fastavro.writer(f, fastavro.parse_schema(_signal_schema()), recs)
     with open(folder / "e.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(CAPTURE_SCHEMA), [
-            {"SequenceNumber": i, "Offset": str(i), "EnqueuedTimeUtc": "5/1/2024 10:00:00 AM", "Body": body}
-            for i, (body, _) in enumerate(CAPTURE)])
+        fastavro.writer(
+            f,
+            fastavro.parse_schema(CAPTURE_SCHEMA),
+            [
+                {
+                    "SequenceNumber": i,
+                    "Offset": str(i),
+                    "EnqueuedTimeUtc": "5/1/2024 10:00:00 AM",
+                    "Body": body,
+                }
+                for i, (body, _) in enumerate(CAPTURE)
+            ],
+        )
     (folder / "notes.txt").write_text("not an export: ignored when a folder is given")
     return folder
 
@@ -118,8 +167,18 @@ def _expected_ids():
 
 
 def _export(exports, lake, *extra, run_id="run1"):
-    return run_cli("export", "--input", str(exports), "--output", str(lake), "--run-id", run_id,
-                   "--run-time", "2026-11-28T12:00:00Z", *extra)
+    return run_cli(
+        "export",
+        "--input",
+        str(exports),
+        "--output",
+        str(lake),
+        "--run-id",
+        run_id,
+        "--run-time",
+        "2026-11-28T12:00:00Z",
+        *extra,
+    )
 
 
 def test_export_every_format_to_a_loadable_cdm_folder(exports, lake):
@@ -133,8 +192,16 @@ def test_export_every_format_to_a_loadable_cdm_folder(exports, lake):
     loaded = load_data_source(str(ds))
     assert list(loaded) == ["WebLog"]
     assert loaded["WebLog"]["primary_key"] == "ActivityId"
-    assert loaded["WebLog"]["attributes"] == ["ActivityId", "CustomerId", "ActivityTime", "EventActivity",
-                                              "WebAddress", "Details", "ActivityType", "LastUpdated"]
+    assert loaded["WebLog"]["attributes"] == [
+        "ActivityId",
+        "CustomerId",
+        "ActivityTime",
+        "EventActivity",
+        "WebAddress",
+        "Details",
+        "ActivityType",
+        "LastUpdated",
+    ]
     assert sorted(loaded["WebLog"]["partitions"]) == manifest_locations(ds)
 
     # Exactly the manifest's files exist, one per date, the date in path and name.
@@ -159,16 +226,26 @@ def test_export_every_format_to_a_loadable_cdm_folder(exports, lake):
     assert by_id["e10"]["Details"] == "Add, then buy"
     assert {r["ActivityType"] for r in by_id.values()} == {"WebLog"}
     assert {r["LastUpdated"].isoformat() for r in by_id.values()} == {"2026-11-28T12:00:00+00:00"}
-    assert duckdb_rows(ds) == [(r["ActivityId"], r["CustomerId"],
-                                int(r["ActivityTime"].timestamp() * 1_000_000)) for r in rows.to_pylist()]
+    assert duckdb_rows(ds) == [
+        (r["ActivityId"], r["CustomerId"], int(r["ActivityTime"].timestamp() * 1_000_000))
+        for r in rows.to_pylist()
+    ]
 
     # Dead letters: one per rejected record, with reason, source, position and payload.
     dead = dead_letters(ds)
     assert Counter(d["reason"] for d in dead) == Counter(reasons)
     assert all(set(d) == {"reason", "detail", "source", "position", "payload", "run_id"} for d in dead)
     broken = [d for d in dead if d["source"].endswith("a.jsonl") and d["reason"] == "malformed"]
-    assert broken == [{"reason": "malformed", "detail": broken[0]["detail"], "source": str(exports / "a.jsonl"),
-                       "position": 3, "payload": NOT_JSON, "run_id": "run1"}]
+    assert broken == [
+        {
+            "reason": "malformed",
+            "detail": broken[0]["detail"],
+            "source": str(exports / "a.jsonl"),
+            "position": 3,
+            "payload": NOT_JSON,
+            "run_id": "run1",
+        }
+    ]
     csv_bad = [d for d in dead if d["source"].endswith("c.csv") and d["reason"] == "malformed"]
     assert csv_bad[0]["position"] == 4 and csv_bad[0]["payload"]["Signal.Export.Id"] == "e12"
 
@@ -179,10 +256,16 @@ def test_export_every_format_to_a_loadable_cdm_folder(exports, lake):
     assert report["activities_written"] == outcomes["ok"]
     assert report["duplicates_dropped"] == outcomes["dup"]
     assert {k: v for k, v in report["rejected"].items() if v} == reasons
-    assert report["records_read"] == (report["activities_written"] + report["duplicates_dropped"]
-                                      + sum(report["rejected"].values()))
+    assert report["records_read"] == (
+        report["activities_written"] + report["duplicates_dropped"] + sum(report["rejected"].values())
+    )
     assert sorted(i["source"].rsplit("/", 1)[1] for i in report["inputs"]) == [
-        "a.jsonl", "b.jsonl.gz", "c.csv", "d.avro", "e.avro"]
+        "a.jsonl",
+        "b.jsonl.gz",
+        "c.csv",
+        "d.avro",
+        "e.avro",
+    ]
     assert {i["status"] for i in report["inputs"]} == {"processed"}
 
     # The human summary.
@@ -219,6 +302,7 @@ def test_reprocess_counts_everything_as_duplicates(exports, lake):
 
 def test_redelivered_events_in_a_later_file_are_counted_duplicates(tmp_path, lake):
     from conftest import write_jsonl
+
     first = write_jsonl(tmp_path / "in1" / "hour1.jsonl", [event("a"), event("b", ts="2024-05-02T00:00:00Z")])
     assert run_cli("export", "--input", str(first), "--output", str(lake), "--run-id", "r1").returncode == 0
     later = write_jsonl(tmp_path / "in2" / "hour2.jsonl", [event("b", ts="2024-05-02T00:00:00Z"), event("c")])
@@ -233,6 +317,7 @@ def test_redelivered_events_in_a_later_file_are_counted_duplicates(tmp_path, lak
 def test_winner_among_copies_is_deterministic(tmp_path, lake):
     """Two copies of one id with different content: the copy in the first file (sorted) wins."""
     from conftest import write_jsonl
+
     write_jsonl(tmp_path / "in" / "b.jsonl", [event("x", action="from b")])
     write_jsonl(tmp_path / "in" / "a.jsonl", [event("y"), event("x", action="from a")])
     proc = run_cli("export", "--input", str(tmp_path / "in"), "--output", str(lake), "--block-records", "1")
@@ -243,6 +328,7 @@ def test_winner_among_copies_is_deterministic(tmp_path, lake):
 
 def test_extra_properties_become_string_columns(tmp_path, lake):
     from conftest import write_jsonl
+
     src = write_jsonl(tmp_path / "e.jsonl", [event("a", Session={"Id": "s1"}), event("b")])
     proc = run_cli("export", "--input", str(src), "--output", str(lake), "--property", "Signal.Session.Id")
     assert proc.returncode == 0, proc.stderr
@@ -256,11 +342,15 @@ def test_extra_properties_become_string_columns(tmp_path, lake):
     assert refused.returncode == 2 and "SignalSessionId" in refused.stderr
 
 
-@pytest.mark.parametrize("runner_args", [
-    ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
-    ("--runner=DirectRunner",),
-    ("--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"),
-], ids=["multi_processing", "DirectRunner", "multi_threading"])
+@pytest.mark.parametrize(
+    "runner_args",
+    [
+        ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+        ("--runner=DirectRunner",),
+        ("--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"),
+    ],
+    ids=["multi_processing", "DirectRunner", "multi_threading"],
+)
 def test_other_runner_modes_write_the_same_data(exports, tmp_path, runner_args):
     one = tmp_path / "one"
     two = tmp_path / "two"
@@ -276,6 +366,7 @@ def test_other_runner_modes_write_the_same_data(exports, tmp_path, runner_args):
 def test_sample_data_matches_its_expected_outcome(lake):
     """The shipped sample export: counts match sample_data/expected.json (made by construction)."""
     from conftest import REPO
+
     expected = json.loads((REPO / "sample_data" / "expected.json").read_text())
     proc = run_cli("export", "--input", str(REPO / "sample_data" / "exports"), "--output", str(lake))
     assert proc.returncode == 0, proc.stderr

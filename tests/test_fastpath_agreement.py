@@ -21,53 +21,118 @@ from insights_link.core.fastpath import process_jsonl_block
 SPEC = ActivitySpec("WebLog", "Web", ("Signal.Session.Id",), "r1", datetime(2026, 1, 1, tzinfo=UTC))
 
 texts = st.one_of(
-    st.sampled_from(["e1", "u-1", " ", "", "\u00a0", "\u2003x", "x\ty", "caf\u00e9", "a\\b", 'q"uote',
-                     "\u0000", "\U0001f600", "0", "-0"]),
+    st.sampled_from(
+        [
+            "e1",
+            "u-1",
+            " ",
+            "",
+            "\u00a0",
+            "\u2003x",
+            "x\ty",
+            "caf\u00e9",
+            "a\\b",
+            'q"uote',
+            "\u0000",
+            "\U0001f600",
+            "0",
+            "-0",
+        ]
+    ),
     st.text(max_size=6),
 )
-ints = st.one_of(st.integers(-10**20, 10**20), st.sampled_from([0, -1, 2**63, 10**18]))
-scalars = st.one_of(texts, ints, st.none(), st.booleans(), st.floats(allow_nan=True),
-                    st.just({"a": 1}), st.just([1]))
+ints = st.one_of(st.integers(-(10**20), 10**20), st.sampled_from([0, -1, 2**63, 10**18]))
+scalars = st.one_of(
+    texts, ints, st.none(), st.booleans(), st.floats(allow_nan=True), st.just({"a": 1}), st.just([1])
+)
 timestamps = st.one_of(
-    st.sampled_from([
-        "2024-05-01T10:00:00Z", "2024-05-01T10:00:00.123456Z", "2024-05-01T10:00:00.1234567Z",
-        "2024-04-31T10:00:00Z", "2024-02-29T23:59:59+01:00", "2023-02-29T00:00:00Z",
-        "2024-05-01T10:00:00", "2024-05-01T24:00:00Z", "2024-05-01T10:00:60Z", "2024-05-01 10:00:00Z",
-        "1899-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00",
-        "2024-05-01T10:00:00+14:00", "2024-05-01T10:00:00+0200", "2024-05-01T10:00:00z",
-        "2024-05-01T10:00Z", "2024-05-01", "1714557600000", "yesterday",
-    ]),
-    st.integers(-10**15, 10**15),
-    st.builds(lambda d, h, m, z: f"2024-{d}T{h:02d}:{m:02d}:00{z}",
-              st.sampled_from(["01-31", "02-29", "02-30", "04-31", "12-31", "13-01", "00-10"]),
-              st.integers(0, 25), st.integers(0, 61), st.sampled_from(["Z", "+02:00", "-11:30", "", "+24:00"])),
+    st.sampled_from(
+        [
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T10:00:00.123456Z",
+            "2024-05-01T10:00:00.1234567Z",
+            "2024-04-31T10:00:00Z",
+            "2024-02-29T23:59:59+01:00",
+            "2023-02-29T00:00:00Z",
+            "2024-05-01T10:00:00",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T10:00:60Z",
+            "2024-05-01 10:00:00Z",
+            "1899-12-31T23:59:59Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-01:00",
+            "2024-05-01T10:00:00+14:00",
+            "2024-05-01T10:00:00+0200",
+            "2024-05-01T10:00:00z",
+            "2024-05-01T10:00Z",
+            "2024-05-01",
+            "1714557600000",
+            "yesterday",
+        ]
+    ),
+    st.integers(-(10**15), 10**15),
+    st.builds(
+        lambda d, h, m, z: f"2024-{d}T{h:02d}:{m:02d}:00{z}",
+        st.sampled_from(["01-31", "02-29", "02-30", "04-31", "12-31", "13-01", "00-10"]),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.sampled_from(["Z", "+02:00", "-11:30", "", "+24:00"]),
+    ),
 )
 uris = st.one_of(
-    st.sampled_from([
-        "https://contoso.com/a?b=c#d", "HTTP://Contoso.com", "http://a.b:8080/x y", "javascript:alert(1)",
-        "/relative", "ftp://x.y", "https://", "https://user@host/p", "http://[::1]/x", "https://h/\u00e9",
-        "https://h/\x7f", "http:/x", "https://h\t/", "https://host.example/path_(1)",
-    ]),
-    st.builds(lambda a, b: f"{a}://{b}", st.sampled_from(["http", "https", "hTtPs", "file"]),
-              st.text(max_size=8)),
+    st.sampled_from(
+        [
+            "https://contoso.com/a?b=c#d",
+            "HTTP://Contoso.com",
+            "http://a.b:8080/x y",
+            "javascript:alert(1)",
+            "/relative",
+            "ftp://x.y",
+            "https://",
+            "https://user@host/p",
+            "http://[::1]/x",
+            "https://h/\u00e9",
+            "https://h/\x7f",
+            "http:/x",
+            "https://h\t/",
+            "https://host.example/path_(1)",
+        ]
+    ),
+    st.builds(
+        lambda a, b: f"{a}://{b}", st.sampled_from(["http", "https", "hTtPs", "file"]), st.text(max_size=8)
+    ),
 )
 
 
 def signal(export_id, user_id, ts, uri, action, name, session):
-    return {"Export": {"Id": export_id}, "User": {"Id": user_id}, "Timestamp": ts,
-            "View": {"Uri": uri}, "Action": {"Name": action}, "Name": name, "Session": {"Id": session}}
+    return {
+        "Export": {"Id": export_id},
+        "User": {"Id": user_id},
+        "Timestamp": ts,
+        "View": {"Uri": uri},
+        "Action": {"Name": action},
+        "Name": name,
+        "Session": {"Id": session},
+    }
 
 
 @st.composite
 def lines(draw):
-    sig = signal(draw(st.one_of(texts, ints, scalars)), draw(st.one_of(texts, ints, scalars)),
-                 draw(st.one_of(timestamps, scalars)), draw(st.one_of(uris, scalars)),
-                 draw(st.one_of(texts, scalars)), draw(st.one_of(texts, scalars)), draw(scalars))
+    sig = signal(
+        draw(st.one_of(texts, ints, scalars)),
+        draw(st.one_of(texts, ints, scalars)),
+        draw(st.one_of(timestamps, scalars)),
+        draw(st.one_of(uris, scalars)),
+        draw(st.one_of(texts, scalars)),
+        draw(st.one_of(texts, scalars)),
+        draw(scalars),
+    )
     for key in draw(st.lists(st.sampled_from(list(sig)), max_size=2)):
         sig.pop(key, None)
     event = {"Signal": sig}
-    style = draw(st.sampled_from(["min", "spaced", "ascii", "trailing", "nan", "dupkey", "flat", "array",
-                                  "garbage"]))
+    style = draw(
+        st.sampled_from(["min", "spaced", "ascii", "trailing", "nan", "dupkey", "flat", "array", "garbage"])
+    )
     if style == "min":
         return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
     if style == "spaced":
@@ -77,12 +142,18 @@ def lines(draw):
     if style == "trailing":
         return json.dumps(event)[:-1] + ",}"
     if style == "nan":
-        return json.dumps(event)[:-1] + ', "X": ' + draw(st.sampled_from(["nan", "NaN", "-Infinity", "inf"])) + "}"
+        return (
+            json.dumps(event)[:-1]
+            + ', "X": '
+            + draw(st.sampled_from(["nan", "NaN", "-Infinity", "inf"]))
+            + "}"
+        )
     if style == "dupkey":
         return '{"Signal": {"Export": {"Id": "first"}}, ' + json.dumps(event)[1:]
     if style == "flat":
-        return json.dumps({f"Signal.{k}.Id" if k in ("Export", "User") else f"Signal.{k}": v
-                           for k, v in sig.items()})
+        return json.dumps(
+            {f"Signal.{k}.Id" if k in ("Export", "User") else f"Signal.{k}": v for k, v in sig.items()}
+        )
     if style == "array":
         return json.dumps([event])
     return draw(st.sampled_from(["not json", "{", "{}", "null", '"s"', '{"Signal": null}']))
@@ -101,10 +172,18 @@ def _canonical(result):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(lines(), min_size=1, max_size=40))
-@example(['{"Signal": {"Export": {"Id": "a"}, "User": {"Id": 1}, "Timestamp": 1714557600000, '
-          '"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}'])
-@example(['{"Signal": {"Export": {"Id": "\\ud800"}, "User": {"Id": "u"}, "Timestamp": "2024-05-01T10:00:00Z", '
-          '"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}'])
+@example(
+    [
+        '{"Signal": {"Export": {"Id": "a"}, "User": {"Id": 1}, "Timestamp": 1714557600000, '
+        '"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}'
+    ]
+)
+@example(
+    [
+        '{"Signal": {"Export": {"Id": "\\ud800"}, "User": {"Id": "u"}, "Timestamp": "2024-05-01T10:00:00Z", '
+        '"View": {"Uri": "https://a.b"}, "Action": {"Name": "x"}}}'
+    ]
+)
 def test_fast_and_reference_paths_agree(raw_lines):
     block = _block(raw_lines)
     fast_table, fast_dead, fast_read = _canonical(process_jsonl_block(block, SPEC))
@@ -127,19 +206,33 @@ def test_invalid_utf8_line_agrees():
 @st.composite
 def mostly_valid_lines(draw):
     """Lines that are usually valid, so the fast path's accept side gets exercised too."""
-    ident = st.one_of(st.from_regex(r"[A-Za-z0-9\-]{1,12}", fullmatch=True), st.integers(0, 10**12),
-                      st.sampled_from(["caf\u00e9", "a b", " x ", "\u00a0y"]))
+    ident = st.one_of(
+        st.from_regex(r"[A-Za-z0-9\-]{1,12}", fullmatch=True),
+        st.integers(0, 10**12),
+        st.sampled_from(["caf\u00e9", "a b", " x ", "\u00a0y"]),
+    )
     ts = st.one_of(
         st.datetimes(min_value=datetime(1850, 1, 1), max_value=datetime(3100, 1, 1)).map(
-            lambda d: d.isoformat(timespec="microseconds") + "Z"),
+            lambda d: d.isoformat(timespec="microseconds") + "Z"
+        ),
         st.datetimes(min_value=datetime(1850, 1, 1), max_value=datetime(3100, 1, 1)).map(
-            lambda d: d.isoformat(timespec="seconds") + "+05:30"),
+            lambda d: d.isoformat(timespec="seconds") + "+05:30"
+        ),
         st.integers(-3 * 10**12, 4 * 10**13),
     )
-    uri = st.one_of(st.from_regex(r"https?://[a-z0-9.\-]{1,10}(:[0-9]{1,5})?(/[!-~]{0,10})?", fullmatch=True),
-                    st.sampled_from(["https://h/\u00e9", "http://a.b/x y"]))
-    sig = signal(draw(ident), draw(ident), draw(ts), draw(uri), draw(ident),
-                 draw(st.one_of(st.none(), ident)), draw(st.one_of(st.none(), ident, st.just({"x": 1}))))
+    uri = st.one_of(
+        st.from_regex(r"https?://[a-z0-9.\-]{1,10}(:[0-9]{1,5})?(/[!-~]{0,10})?", fullmatch=True),
+        st.sampled_from(["https://h/\u00e9", "http://a.b/x y"]),
+    )
+    sig = signal(
+        draw(ident),
+        draw(ident),
+        draw(ts),
+        draw(uri),
+        draw(ident),
+        draw(st.one_of(st.none(), ident)),
+        draw(st.one_of(st.none(), ident, st.just({"x": 1}))),
+    )
     return json.dumps({"Signal": sig}, ensure_ascii=draw(st.booleans()))
 
 
@@ -147,12 +240,20 @@ def mostly_valid_lines(draw):
 @given(st.lists(mostly_valid_lines(), min_size=1, max_size=40))
 def test_paths_agree_on_mostly_valid_input(raw_lines):
     block = _block(raw_lines)
-    assert _canonical(process_jsonl_block(block, SPEC))[1:] == _canonical(process_block_reference(block, SPEC))[1:]
-    assert (_canonical(process_jsonl_block(block, SPEC))[0].to_pylist()
-            == _canonical(process_block_reference(block, SPEC))[0].to_pylist())
+    assert (
+        _canonical(process_jsonl_block(block, SPEC))[1:]
+        == _canonical(process_block_reference(block, SPEC))[1:]
+    )
+    assert (
+        _canonical(process_jsonl_block(block, SPEC))[0].to_pylist()
+        == _canonical(process_block_reference(block, SPEC))[0].to_pylist()
+    )
 
 
 def test_fast_path_takes_plainly_valid_lines():
     from insights_link.core.fastpath import vectorized_check
-    good = json.dumps({"Signal": signal("a", 7, "2024-05-01T10:00:00.5+02:00", "https://a.b/c?d=e", "x", "N", "s")})
+
+    good = json.dumps(
+        {"Signal": signal("a", 7, "2024-05-01T10:00:00.5+02:00", "https://a.b/c?d=e", "x", "N", "s")}
+    )
     assert vectorized_check(_block([good, "nope"]), SPEC)["i"].to_pylist() == [0]

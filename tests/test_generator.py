@@ -85,9 +85,7 @@ def test_generate_is_deterministic(tmp_path: Path, small: tuple[Path, dict[str, 
     for name in ("events-000.jsonl", "events-001.jsonl", "_expected.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
     other = generator.generate(tmp_path / "other", 2000, 2, seed=8)
-    assert (tmp_path / "other" / "events-000.jsonl").read_bytes() != (
-        out / "events-000.jsonl"
-    ).read_bytes()
+    assert (tmp_path / "other" / "events-000.jsonl").read_bytes() != (out / "events-000.jsonl").read_bytes()
     assert _balance(other) == 2000
 
 
@@ -184,9 +182,7 @@ def test_sample_data_is_current() -> None:
     assert sample.main(["--check"]) == 0
     expected = json.loads((REPO / "sample_data" / "expected.json").read_text(encoding="utf-8"))
     total = (
-        expected["activities_written"]
-        + expected["duplicates_dropped"]
-        + sum(expected["rejected"].values())
+        expected["activities_written"] + expected["duplicates_dropped"] + sum(expected["rejected"].values())
     )
     assert total == expected["records_read"]
     assert all(count >= 2 for count in expected["rejected"].values())

@@ -32,15 +32,17 @@ LIMIT_ENV = {lines.MAX_RECORD_BYTES_ENV: str(1 << 20)}  # 1 MiB for the long-lin
 
 def _export(inp: Path | str, lake: Path, *extra: str, run_id: str = "r1", env: dict | None = None) -> dict:
     """Run the CLI, expect success, return this run's report."""
-    proc = run_cli("export", "--input", str(inp), "--output", str(lake), *RUN_TIME, "--run-id", run_id,
-                   *extra, env=env)
+    proc = run_cli(
+        "export", "--input", str(inp), "--output", str(lake), *RUN_TIME, "--run-id", run_id, *extra, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((lake / "EngagementInsights" / "_runs" / f"{run_id}.json").read_text())
 
 
 def _balanced(report: dict) -> bool:
-    return report["records_read"] == (report["activities_written"] + report["duplicates_dropped"]
-                                      + sum(report["rejected"].values()))
+    return report["records_read"] == (
+        report["activities_written"] + report["duplicates_dropped"] + sum(report["rejected"].values())
+    )
 
 
 def _csv_line(cells: list[str]) -> str:
@@ -104,9 +106,12 @@ def test_unterminated_csv_quote_rejects_only_its_line(tmp_path, lake, column):
 
 
 def test_multi_line_quoted_field_is_one_record(tmp_path, lake):
-    text = (_csv_line(HEADER) + _csv_line(_row(1))
-            + 'e2,u2,2024-05-01T10:00:00Z,https://contoso.com/p2,"Click\r\nthen ""buy""\r\nnow"\r\n'
-            + _csv_line(_row(3)))
+    text = (
+        _csv_line(HEADER)
+        + _csv_line(_row(1))
+        + 'e2,u2,2024-05-01T10:00:00Z,https://contoso.com/p2,"Click\r\nthen ""buy""\r\nnow"\r\n'
+        + _csv_line(_row(3))
+    )
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "events.csv").write_bytes(text.encode())
     report = _export(tmp_path / "in", lake)
@@ -119,17 +124,24 @@ def test_multi_line_quoted_field_is_one_record(tmp_path, lake):
 def test_csv_resynchronizes_after_each_bad_line(tmp_path):
     """Two bad lines, a literal quote inside an unquoted field (accepted, as csv does), a quoted
     field opening then failing strict parsing, an unterminated quote on the last line."""
-    text = (_csv_line(HEADER)
-            + 'e1,u1,2024-05-01T10:00:00Z,https://contoso.com/a,"Click\n'
-            + 'e2,u2,2024-05-01T10:00:00Z,https://contoso.com/b,5" screen\n'
-            + 'e3,u3,2024-05-01T10:00:00Z,https://contoso.com/c,"Cl"ick\n'
-            + 'e4,u4,2024-05-01T10:00:00Z,https://contoso.com/d,Click\n'
-            + 'e5,u5,2024-05-01T10:00:00Z,https://contoso.com/e,"Click')
+    text = (
+        _csv_line(HEADER)
+        + 'e1,u1,2024-05-01T10:00:00Z,https://contoso.com/a,"Click\n'
+        + 'e2,u2,2024-05-01T10:00:00Z,https://contoso.com/b,5" screen\n'
+        + 'e3,u3,2024-05-01T10:00:00Z,https://contoso.com/c,"Cl"ick\n'
+        + "e4,u4,2024-05-01T10:00:00Z,https://contoso.com/d,Click\n"
+        + 'e5,u5,2024-05-01T10:00:00Z,https://contoso.com/e,"Click'
+    )
     path = tmp_path / "events.csv"
     path.write_bytes(text.encode())
     records = _records(path)
-    assert [(p, d is not None) for p, _, d in records] == [(1, True), (2, False), (3, True), (4, False),
-                                                           (5, True)]
+    assert [(p, d is not None) for p, _, d in records] == [
+        (1, True),
+        (2, False),
+        (3, True),
+        (4, False),
+        (5, True),
+    ]
     assert records[1][1][4] == '5" screen'
     assert records[0][1][0].endswith('"Click')  # the malformed record's payload is its raw line
 
@@ -166,8 +178,18 @@ def test_line_ends_at_the_chunk_boundary_are_counted_once(tmp_path):
     head = first + "\n" + pad + filler + "\r"
     assert len(head) == chunk
     path = tmp_path / "split.jsonl"
-    path.write_bytes((head + "\n" + json.dumps(event("e3")) + "\r" + json.dumps(event("e4")) + "\r\n"
-                      + "\n" + json.dumps(event("e5"))).encode())
+    path.write_bytes(
+        (
+            head
+            + "\n"
+            + json.dumps(event("e3"))
+            + "\r"
+            + json.dumps(event("e4"))
+            + "\r\n"
+            + "\n"
+            + json.dumps(event("e5"))
+        ).encode()
+    )
     records = _records(path)
     assert [p for p, _, _ in records] == [1, 2, 3, 4, 6]
     assert [json.loads(x)["Signal"]["Export"]["Id"] for _, x, _ in records] == ["e1", "e2", "e3", "e4", "e5"]
@@ -186,7 +208,11 @@ def test_a_line_over_the_limit_is_one_short_dead_letter_and_reading_goes_on(tmp_
     report = _export(tmp_path / "in", lake, env=LIMIT_ENV)
     assert report["records_read"] == 4 and report["activities_written"] == 3
     assert report["rejected"]["malformed"] == 1 and _balanced(report)
-    assert sorted(read_activities(lake / "EngagementInsights")["ActivityId"].to_pylist()) == ["e1", "e2", "e3"]
+    assert sorted(read_activities(lake / "EngagementInsights")["ActivityId"].to_pylist()) == [
+        "e1",
+        "e2",
+        "e3",
+    ]
     (letter,) = dead_letters(lake / "EngagementInsights")
     assert letter["reason"] == "malformed" and letter["position"] == 3
     assert len(json.dumps(letter)) < 4096  # a bounded prefix, not 5 MiB
@@ -198,11 +224,19 @@ def test_a_line_over_the_limit_is_one_short_dead_letter_and_reading_goes_on(tmp_
 
 def test_a_csv_line_over_the_limit_is_one_dead_letter(tmp_path, lake):
     (tmp_path / "in").mkdir()
-    text = (_csv_line(HEADER) + _csv_line(_row(1)) + _csv_line([*_row(2)[:4], "y" * (3 << 20)])
-            + _csv_line(_row(3)))
+    text = (
+        _csv_line(HEADER)
+        + _csv_line(_row(1))
+        + _csv_line([*_row(2)[:4], "y" * (3 << 20)])
+        + _csv_line(_row(3))
+    )
     (tmp_path / "in" / "events.csv").write_text(text, newline="")
     report = _export(tmp_path / "in", lake, env=LIMIT_ENV)
-    assert (report["records_read"], report["activities_written"], report["rejected"]["malformed"]) == (3, 2, 1)
+    assert (report["records_read"], report["activities_written"], report["rejected"]["malformed"]) == (
+        3,
+        2,
+        1,
+    )
     (letter,) = dead_letters(lake / "EngagementInsights")
     assert letter["position"] == 2 and len(json.dumps(letter)) < 4096
 
@@ -271,7 +305,9 @@ def test_folder_inputs_do_not_follow_symlinks(tmp_path, lake, caplog):
     assert [Path(i["source"]).name for i in report["inputs"]] == ["a.jsonl"]
     assert read_activities(lake / "EngagementInsights")["ActivityId"].to_pylist() == ["e1"]
     # a symlink named explicitly is read: the user asked for it
-    assert [Path(f.source).name for f in resolve_inputs([str(folder / "secret.jsonl")]).files] == ["secret.jsonl"]
+    assert [Path(f.source).name for f in resolve_inputs([str(folder / "secret.jsonl")]).files] == [
+        "secret.jsonl"
+    ]
 
 
 # -- 6. One hidden-name rule, local and remote ---------------------------------------------------
@@ -305,15 +341,24 @@ def test_a_lake_inside_a_remote_input_folder_is_not_read_back(azure_lake):
     container = service.get_container_client(container_name)
     container.create_container()
     line = (json.dumps(event("e1")) + "\n").encode()
-    for name in ["in/a.jsonl", "in/sub/b.jsonl", "in/.hidden/c.jsonl", "in/sub/_tmp.jsonl",
-                 "in/lake/EngagementInsights/_deadletter/r1.jsonl.gz",
-                 "in/lake/EngagementInsights/_staging/r1/x.jsonl",
-                 "in/lake/EngagementInsights/WebLog.cdm.json",
-                 "in/lake/EngagementInsights/default.manifest.cdm.json"]:
+    for name in [
+        "in/a.jsonl",
+        "in/sub/b.jsonl",
+        "in/.hidden/c.jsonl",
+        "in/sub/_tmp.jsonl",
+        "in/lake/EngagementInsights/_deadletter/r1.jsonl.gz",
+        "in/lake/EngagementInsights/_staging/r1/x.jsonl",
+        "in/lake/EngagementInsights/WebLog.cdm.json",
+        "in/lake/EngagementInsights/default.manifest.cdm.json",
+    ]:
         container.upload_blob(name, gzip.compress(line) if name.endswith(".gz") else line)
     root = azure_lake.rsplit("/", 1)[0]
-    expected = {"in": ["in/a.jsonl", "in/sub/b.jsonl"], "in/": ["in/a.jsonl", "in/sub/b.jsonl"],
-                "in/**/*.json*": ["in/a.jsonl", "in/sub/b.jsonl"], "in/*": ["in/a.jsonl"]}
+    expected = {
+        "in": ["in/a.jsonl", "in/sub/b.jsonl"],
+        "in/": ["in/a.jsonl", "in/sub/b.jsonl"],
+        "in/**/*.json*": ["in/a.jsonl", "in/sub/b.jsonl"],
+        "in/*": ["in/a.jsonl"],
+    }
     for value, keys in expected.items():
         assert [f.key for f in resolve_inputs([f"{root}/{value}"]).files] == keys, value
     # named explicitly, a hidden file is read
@@ -337,7 +382,8 @@ def test_rewrite_with_restored_mtime_is_processed_again(tmp_path, lake):
     assert first["activities_written"] == 2
     assert not first["inputs"][0]["fingerprint"].endswith("|"), (
         "the run lost InputFile.version: pipeline._locked_run rebuilds each InputFile positionally; "
-        "it must keep the version (dataclasses.replace(f, rank=rank))")
+        "it must keep the version (dataclasses.replace(f, rank=rank))"
+    )
 
     write_jsonl(path, [event("e3"), event("e4")])  # same size: ids of the same length
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p / touch -r do
@@ -346,7 +392,11 @@ def test_rewrite_with_restored_mtime_is_processed_again(tmp_path, lake):
     assert [i["status"] for i in second["inputs"]] == ["processed"]
     assert second["activities_written"] == 2
     assert sorted(read_activities(lake / "EngagementInsights")["ActivityId"].to_pylist()) == [
-        "e1", "e2", "e3", "e4"]
+        "e1",
+        "e2",
+        "e3",
+        "e4",
+    ]
 
 
 def test_unchanged_file_is_still_skipped(tmp_path, lake):
@@ -387,8 +437,12 @@ def test_truncated_gzip_detail_names_the_file_and_position(tmp_path):
 def test_damaged_avro_detail_names_the_file_and_position(tmp_path):
     schema = {"type": "record", "name": "EventData", "fields": [{"name": "Body", "type": "bytes"}]}
     buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(schema),
-                    [{"Body": json.dumps(event(f"e{i}")).encode()} for i in range(3000)], sync_interval=4000)
+    fastavro.writer(
+        buf,
+        fastavro.parse_schema(schema),
+        [{"Body": json.dumps(event(f"e{i}")).encode()} for i in range(3000)],
+        sync_interval=4000,
+    )
     data = buf.getvalue()
     path = tmp_path / "cut.avro"
     path.write_bytes(data[: len(data) * 2 // 3])

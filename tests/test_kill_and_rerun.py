@@ -18,23 +18,49 @@ from conftest import (
     write_jsonl,
 )
 
-STEPS = ["after_staged_file", "before_commit", "after_dead_letters", "after_first_move",
-         "after_moves", "after_manifest", "after_report"]
+STEPS = [
+    "after_staged_file",
+    "before_commit",
+    "after_dead_letters",
+    "after_first_move",
+    "after_moves",
+    "after_manifest",
+    "after_report",
+]
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    first = write_jsonl(tmp_path / "in" / "first.jsonl", [
-        event("a"), event("b", ts="2024-05-02T10:00:00Z"), "garbage"])
-    second = write_jsonl(tmp_path / "in" / "second.jsonl", [
-        event("b", ts="2024-05-02T10:00:00Z"), event("c", ts="2024-05-03T10:00:00Z"),
-        event("d"), event("e", uri="nope")])
+    first = write_jsonl(
+        tmp_path / "in" / "first.jsonl", [event("a"), event("b", ts="2024-05-02T10:00:00Z"), "garbage"]
+    )
+    second = write_jsonl(
+        tmp_path / "in" / "second.jsonl",
+        [
+            event("b", ts="2024-05-02T10:00:00Z"),
+            event("c", ts="2024-05-03T10:00:00Z"),
+            event("d"),
+            event("e", uri="nope"),
+        ],
+    )
     return first, second
 
 
 def _run(source, lake, run_id, env=None):
-    return run_cli("export", "--input", str(source), "--output", str(lake), "--run-id", run_id,
-                   "--run-time", "2026-11-28T12:00:00Z", "--block-records", "1", env=env)
+    return run_cli(
+        "export",
+        "--input",
+        str(source),
+        "--output",
+        str(lake),
+        "--run-id",
+        run_id,
+        "--run-time",
+        "2026-11-28T12:00:00Z",
+        "--block-records",
+        "1",
+        env=env,
+    )
 
 
 def _state(lake):

@@ -18,8 +18,11 @@ from insights_link.storage.local import LocalStorage
 
 
 def _report(run_id, status, *fingerprints):
-    return {"run_id": run_id, "status": status,
-            "inputs": [{"fingerprint": f, "status": "processed", "activities": ["T"]} for f in fingerprints]}
+    return {
+        "run_id": run_id,
+        "status": status,
+        "inputs": [{"fingerprint": f, "status": "processed", "activities": ["T"]} for f in fingerprints],
+    }
 
 
 def test_committed_inputs_index_is_a_cache_of_the_reports(tmp_path):
@@ -37,7 +40,9 @@ def test_committed_inputs_index_is_a_cache_of_the_reports(tmp_path):
     assert lake.committed_inputs() == {"T\ta": "r1", "T\tc": "r3"}
 
 
-@pytest.mark.parametrize("table,date,run", [("WebLog", "2024-05-01", "r1"), ("Web_Log_2", "2024-12-31", "20261128T1Z_x")])
+@pytest.mark.parametrize(
+    "table,date,run", [("WebLog", "2024-05-01", "r1"), ("Web_Log_2", "2024-12-31", "20261128T1Z_x")]
+)
 def test_partition_names_carry_the_event_date(table, date, run):
     name = partition_file_name(table, date, run, 3)
     assert name.endswith("_003.parquet")

@@ -116,8 +116,11 @@ def test_live_export_end_to_end(live: tuple[AzureStorage, str]) -> None:
     manifest = _json.loads(storage.read_bytes(join(base, "EngagementInsights/default.manifest.cdm.json")))
     locations = sorted(p["location"] for e in manifest["entities"] for p in e["dataPartitions"])
     prefix = join(base, "EngagementInsights") + "/"
-    data = sorted(o.key[len(prefix):] for o in storage.list(join(base, "EngagementInsights"))
-                  if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(prefix):])
+    data = sorted(
+        o.key[len(prefix) :]
+        for o in storage.list(join(base, "EngagementInsights"))
+        if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(prefix) :]
+    )
     assert data == locations
     again = run_cli("export", "--input", str(sample), "--output", output, "--run-id", "live2")
     assert again.returncode == 0, again.stderr

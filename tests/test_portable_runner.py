@@ -107,8 +107,9 @@ class Service:
 
 
 @contextlib.contextmanager
-def beam_service(name: str, module: str, port_flag: str, workdir: Path,
-                 env: dict[str, str]) -> Iterator[Service]:
+def beam_service(
+    name: str, module: str, port_flag: str, workdir: Path, env: dict[str, str]
+) -> Iterator[Service]:
     """Start ``python -m module port_flag=<free port>`` in ``workdir``; yield once the port
     answers (a bounded wait); stop it and its children afterwards."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -116,8 +117,14 @@ def beam_service(name: str, module: str, port_flag: str, workdir: Path,
         port = _free_port()
         log = workdir / f"{name}-{attempt}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", module, f"{port_flag}={port}"], cwd=workdir,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, f"{port_flag}={port}"],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         service = Service(name, port, log, proc)
         deadline = time.monotonic() + STARTUP_SECONDS
         while proc.poll() is None and not _answers(port) and time.monotonic() < deadline:
@@ -126,8 +133,10 @@ def beam_service(name: str, module: str, port_flag: str, workdir: Path,
             break
         _stop(proc)
         if time.monotonic() >= deadline:
-            pytest.fail(f"{name} did not answer on port {port} within {STARTUP_SECONDS} s:\n"
-                        f"{service.log_text()[-3000:]}")
+            pytest.fail(
+                f"{name} did not answer on port {port} within {STARTUP_SECONDS} s:\n"
+                f"{service.log_text()[-3000:]}"
+            )
     else:
         pytest.fail(f"{name} exited at start three times:\n{service.log_text()[-3000:]}")
     try:
@@ -137,13 +146,15 @@ def beam_service(name: str, module: str, port_flag: str, workdir: Path,
 
 
 def job_service_at(workdir: Path) -> contextlib.AbstractContextManager[Service]:
-    return beam_service("job-service", "apache_beam.runners.portability.local_job_service_main",
-                        "--port", workdir, _env())
+    return beam_service(
+        "job-service", "apache_beam.runners.portability.local_job_service_main", "--port", workdir, _env()
+    )
 
 
 def worker_pool_at(workdir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Service]:
-    return beam_service("worker-pool", "apache_beam.runners.worker.worker_pool_main",
-                        "--service_port", workdir, env)
+    return beam_service(
+        "worker-pool", "apache_beam.runners.worker.worker_pool_main", "--service_port", workdir, env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +177,16 @@ def worker_pool(tmp_path_factory) -> Iterator[Service]:
 def extra_input(tmp_path_factory) -> Path:
     """Events for the second run: two new ones (one on a new date), a bad line, a bad URI and
     an in-file duplicate. Shared by every runner so dead-letter sources are equal."""
-    return write_jsonl(tmp_path_factory.mktemp("inputs") / "extra.jsonl", [
-        event("portable-1"), event("portable-2", ts="2024-05-04T08:00:00Z"), "not json",
-        event("portable-3", uri="ftp://x"), event("portable-1"),
-    ])
+    return write_jsonl(
+        tmp_path_factory.mktemp("inputs") / "extra.jsonl",
+        [
+            event("portable-1"),
+            event("portable-2", ts="2024-05-04T08:00:00Z"),
+            "not json",
+            event("portable-3", uri="ftp://x"),
+            event("portable-1"),
+        ],
+    )
 
 
 def _runs(extra: Path) -> list[tuple[str, list[str]]]:
@@ -179,16 +196,23 @@ def _runs(extra: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def _export(lake: str, run_id: str, args: list[str], beam_args: list[str],
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _export(
+    lake: str, run_id: str, args: list[str], beam_args: list[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """``insights-link export`` as a real process (``conftest.run_cli``, or the same command in
     ``cwd``); fails the test with its output unless it exits 0."""
     argv = ["export", *args, "--output", lake, "--run-id", run_id, "--run-time", RUN_TIME, *beam_args]
     if cwd is None:
         result = run_cli(*argv, env=_env(), timeout=CLI_TIMEOUT)
     else:
-        result = subprocess.run([sys.executable, "-m", "insights_link.cli", *argv], capture_output=True,
-                                text=True, env=_env(), timeout=CLI_TIMEOUT, cwd=cwd)
+        result = subprocess.run(
+            [sys.executable, "-m", "insights_link.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=CLI_TIMEOUT,
+            cwd=cwd,
+        )
     assert result.returncode == 0, f"run {run_id} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     return result
 
@@ -211,18 +235,22 @@ def _snapshot(lake: Path, run_id: str) -> dict:
 def _azure_snapshot(url: str, run_id: str) -> dict:
     """:func:`_snapshot` for a lake on Azure storage, read through the project's storage layer."""
     storage = open_storage(url)
-    rel = [o.key[len(DATA_SOURCE) + 1:] for o in storage.list(DATA_SOURCE)]
+    rel = [o.key[len(DATA_SOURCE) + 1 :] for o in storage.list(DATA_SOURCE)]
     manifest = json.loads(storage.read_bytes(f"{DATA_SOURCE}/default.manifest.cdm.json"))
     locations = sorted(p["location"] for e in manifest["entities"] for p in e["dataPartitions"])
-    rows = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(f"{DATA_SOURCE}/{loc}")))
-                             for loc in locations]).sort_by("ActivityId")
+    rows = pa.concat_tables(
+        [pq.read_table(io.BytesIO(storage.read_bytes(f"{DATA_SOURCE}/{loc}"))) for loc in locations]
+    ).sort_by("ActivityId")
     letters = []
     for key in sorted(r for r in rel if r.startswith("_deadletter/") and r.endswith(".jsonl.gz")):
         text = gzip.decompress(storage.read_bytes(f"{DATA_SOURCE}/{key}")).decode()
         letters.extend(json.loads(line) for line in text.splitlines())
     return {
-        "files": sorted(r for r in rel if r.endswith(".parquet")
-                        and not any(part.startswith("_") for part in r.split("/"))),
+        "files": sorted(
+            r
+            for r in rel
+            if r.endswith(".parquet") and not any(part.startswith("_") for part in r.split("/"))
+        ),
         "manifest": locations,
         "rows": rows,
         "dead_letters": letters,
@@ -247,7 +275,8 @@ def assert_same(got: dict, want: dict) -> None:
     assert got["rows"].schema == want["rows"].schema
     assert got["rows"].to_pylist() == want["rows"].to_pylist()
     assert [(d["reason"], d["source"], d["position"]) for d in got["dead_letters"]] == [
-        (d["reason"], d["source"], d["position"]) for d in want["dead_letters"]]
+        (d["reason"], d["source"], d["position"]) for d in want["dead_letters"]
+    ]
     assert got["dead_letters"] == want["dead_letters"]
     assert got["report"] == want["report"]
 
@@ -271,8 +300,9 @@ def _portable(job_service: Service, pool: Service | None = None) -> list[str]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("environment", ["loopback", "external"])
-def test_portable_runner_gives_the_default_runners_output(environment, request, job_service, reference,
-                                                          extra_input, tmp_path):
+def test_portable_runner_gives_the_default_runners_output(
+    environment, request, job_service, reference, extra_input, tmp_path
+):
     pool = request.getfixturevalue("worker_pool") if environment == "external" else None
     beam_args = _portable(job_service, pool)
     lake = tmp_path / "lake"
@@ -291,8 +321,9 @@ def test_portable_runner_gives_the_default_runners_output(environment, request, 
 
 
 @pytest.mark.timeout(300)
-def test_relative_output_works_with_workers_in_another_folder(job_service, worker_pool, reference,
-                                                              extra_input, tmp_path):
+def test_relative_output_works_with_workers_in_another_folder(
+    job_service, worker_pool, reference, extra_input, tmp_path
+):
     launch = tmp_path / "launch"
     launch.mkdir()
     run_id, args = _runs(extra_input)[0]
@@ -303,7 +334,8 @@ def test_relative_output_works_with_workers_in_another_folder(job_service, worke
 @pytest.mark.azurite
 @pytest.mark.timeout(300)
 def test_external_workers_reach_azure_with_credentials_from_their_own_environment(
-        azurite, azure_lake, job_service, reference, extra_input, tmp_path):
+    azurite, azure_lake, job_service, reference, extra_input, tmp_path
+):
     """Workers open the lake themselves: the pool gets the credentials through its environment
     (as Dataflow/Flink/Spark workers must), and the output on Azure matches the local reference."""
     pool_env = {k: v for k, v in _env().items() if k not in CREDENTIAL_ENV}

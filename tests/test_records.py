@@ -38,66 +38,76 @@ def nested(**over):
     return {"Signal": signal}
 
 
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=UTC)),
-    ("2024-05-01T10:00:00.123456Z", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
-    ("2024-05-01T10:00:00.123456789Z", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
-    ("2024-05-01T10:00:00+02:00", datetime(2024, 5, 1, 8, tzinfo=UTC)),
-    ("2024-05-01T00:30:00-01:00", datetime(2024, 5, 1, 1, 30, tzinfo=UTC)),
-    ("2024-05-01T10:00:00+0530", datetime(2024, 5, 1, 4, 30, tzinfo=UTC)),
-    ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),  # no zone means UTC
-    ("2024-05-01T10:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),
-    (1714557600000, datetime(2024, 5, 1, 10, tzinfo=UTC)),  # epoch milliseconds
-    ("1714557600000", datetime(2024, 5, 1, 10, tzinfo=UTC)),  # CSV carries it as text
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123456Z", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123456789Z", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-05-01T10:00:00+02:00", datetime(2024, 5, 1, 8, tzinfo=UTC)),
+        ("2024-05-01T00:30:00-01:00", datetime(2024, 5, 1, 1, 30, tzinfo=UTC)),
+        ("2024-05-01T10:00:00+0530", datetime(2024, 5, 1, 4, 30, tzinfo=UTC)),
+        ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),  # no zone means UTC
+        ("2024-05-01T10:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        (1714557600000, datetime(2024, 5, 1, 10, tzinfo=UTC)),  # epoch milliseconds
+        ("1714557600000", datetime(2024, 5, 1, 10, tzinfo=UTC)),  # CSV carries it as text
+    ],
+)
 def test_parse_timestamp_accepts(text, expected):
     assert parse_timestamp(text) == expected
 
 
-@pytest.mark.parametrize("value", [
-    "2024-04-31T10:00:00Z",  # impossible date: never rolled over to May 1
-    "2023-02-29T10:00:00Z",
-    "2024-05-01T24:00:00Z",
-    "2024-05-01T10:60:00Z",
-    "2024-05-01",  # a date is not a timestamp
-    "2024-05-01 10:00:00Z",  # ISO 8601 needs the T
-    "01/05/2024 10:00",
-    "yesterday",
-    "",
-    "2024-05-01T10:00:00+25:00",
-    True,
-    1.5e12,
-    "2024-05-01T10:00:00ZZ",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-04-31T10:00:00Z",  # impossible date: never rolled over to May 1
+        "2023-02-29T10:00:00Z",
+        "2024-05-01T24:00:00Z",
+        "2024-05-01T10:60:00Z",
+        "2024-05-01",  # a date is not a timestamp
+        "2024-05-01 10:00:00Z",  # ISO 8601 needs the T
+        "01/05/2024 10:00",
+        "yesterday",
+        "",
+        "2024-05-01T10:00:00+25:00",
+        True,
+        1.5e12,
+        "2024-05-01T10:00:00ZZ",
+    ],
+)
 def test_parse_timestamp_rejects(value):
     assert isinstance(parse_timestamp(value), str)
 
 
-@pytest.mark.parametrize("uri,ok", [
-    ("https://contoso.com/a?b=c#d", True),
-    ("HTTP://contoso.com", True),
-    ("http://[::1]:8080/x", True),
-    ("javascript:alert(1)", False),
-    ("/relative/path", False),
-    ("contoso.com/page", False),
-    ("ftp://contoso.com/file", False),
-    ("https://", False),
-    ("https://conto so.com", False),
-    ("http://[::1", False),
-])
+@pytest.mark.parametrize(
+    "uri,ok",
+    [
+        ("https://contoso.com/a?b=c#d", True),
+        ("HTTP://contoso.com", True),
+        ("http://[::1]:8080/x", True),
+        ("javascript:alert(1)", False),
+        ("/relative/path", False),
+        ("contoso.com/page", False),
+        ("ftp://contoso.com/file", False),
+        ("https://", False),
+        ("https://conto so.com", False),
+        ("http://[::1", False),
+    ],
+)
 def test_check_uri(uri, ok):
     assert (check_uri(uri) is None) == ok
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"not json", "malformed"),
-    (b"[1, 2]", "malformed"),
-    (b'"just a string"', "malformed"),
-    (b'{"Signal": ', "malformed"),
-    (b'{"Signal": {"Export": {"Id": "\xff"}}}', "malformed"),  # invalid UTF-8
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"not json", "malformed"),
+        (b"[1, 2]", "malformed"),
+        (b'"just a string"', "malformed"),
+        (b'{"Signal": ', "malformed"),
+        (b'{"Signal": {"Export": {"Id": "\xff"}}}', "malformed"),  # invalid UTF-8
+    ],
+)
 def test_decode_json_rejects(raw, reason):
     out = decode_json_bytes(raw)
     assert isinstance(out, Rejection) and out.reason == reason
@@ -107,19 +117,22 @@ def test_decode_json_accepts_object():
     assert decode_json_bytes(b'{"Signal.Export.Id": "x"}') == {"Signal.Export.Id": "x"}
 
 
-@pytest.mark.parametrize("event,reason,named", [
-    (nested(Export__Id=KeyError), "missing_field", "Signal.Export.Id"),
-    (nested(User__Id=None), "missing_field", "Signal.User.Id"),
-    (nested(Action__Name="   "), "missing_field", "Signal.Action.Name"),
-    (nested(View=KeyError), "missing_field", "Signal.View.Uri"),
-    (nested(Export__Id={"a": 1}), "invalid_type", "Signal.Export.Id"),
-    (nested(User__Id=[1]), "invalid_type", "Signal.User.Id"),
-    (nested(Action__Name=True), "invalid_type", "Signal.Action.Name"),
-    (nested(Timestamp=False), "invalid_type", "Signal.Timestamp"),
-    (nested(Timestamp="2024-04-31T10:00:00Z"), "invalid_timestamp", "2024-04-31"),
-    (nested(View__Uri="javascript:alert(1)"), "invalid_uri", "javascript:alert(1)"),
-    (nested(View__Uri="/promo"), "invalid_uri", "/promo"),
-])
+@pytest.mark.parametrize(
+    "event,reason,named",
+    [
+        (nested(Export__Id=KeyError), "missing_field", "Signal.Export.Id"),
+        (nested(User__Id=None), "missing_field", "Signal.User.Id"),
+        (nested(Action__Name="   "), "missing_field", "Signal.Action.Name"),
+        (nested(View=KeyError), "missing_field", "Signal.View.Uri"),
+        (nested(Export__Id={"a": 1}), "invalid_type", "Signal.Export.Id"),
+        (nested(User__Id=[1]), "invalid_type", "Signal.User.Id"),
+        (nested(Action__Name=True), "invalid_type", "Signal.Action.Name"),
+        (nested(Timestamp=False), "invalid_type", "Signal.Timestamp"),
+        (nested(Timestamp="2024-04-31T10:00:00Z"), "invalid_timestamp", "2024-04-31"),
+        (nested(View__Uri="javascript:alert(1)"), "invalid_uri", "javascript:alert(1)"),
+        (nested(View__Uri="/promo"), "invalid_uri", "/promo"),
+    ],
+)
 def test_check_event_rejects(event, reason, named):
     out = check_event(event)
     assert isinstance(out, Rejection)
@@ -130,20 +143,38 @@ def test_check_event_rejects(event, reason, named):
 def test_several_problems_first_reason_wins_and_detail_names_all():
     out = check_event(nested(User__Id=KeyError, Action__Name=[1], Timestamp="nope", View__Uri="x"))
     assert out.reason == "missing_field"
-    for part in ("missing_field", "Signal.User.Id", "invalid_type", "Signal.Action.Name",
-                 "invalid_timestamp", "invalid_uri"):
+    for part in (
+        "missing_field",
+        "Signal.User.Id",
+        "invalid_type",
+        "Signal.Action.Name",
+        "invalid_timestamp",
+        "invalid_uri",
+    ):
         assert part in out.detail
 
 
 def test_maps_nested_event():
     out = check_event(nested(Session={"Id": "s1"}), properties=("Signal.Session.Id", "Signal.Device.Type"))
-    assert out == Activity("e1", "u1", datetime(2024, 5, 1, 10, tzinfo=UTC), "EmailPromoClick",
-                           "https://contoso.com/promo", "Email promotion", ("s1", None))
+    assert out == Activity(
+        "e1",
+        "u1",
+        datetime(2024, 5, 1, 10, tzinfo=UTC),
+        "EmailPromoClick",
+        "https://contoso.com/promo",
+        "Email promotion",
+        ("s1", None),
+    )
 
 
 def test_maps_flat_event_with_integer_ids_and_no_name():
-    event = {"Signal.Export.Id": 42, "Signal.User.Id": 7, "Signal.Timestamp": 1714557600000,
-             "Signal.View.Uri": "http://a.b/c", "Signal.Action.Name": "x"}
+    event = {
+        "Signal.Export.Id": 42,
+        "Signal.User.Id": 7,
+        "Signal.Timestamp": 1714557600000,
+        "Signal.View.Uri": "http://a.b/c",
+        "Signal.Action.Name": "x",
+    }
     out = check_event(event)
     assert isinstance(out, Activity)
     assert (out.activity_id, out.customer_id, out.event_name) == ("42", "7", None)
@@ -177,8 +208,17 @@ def test_avro_capture_body_decoded_and_bad_body_malformed():
     assert isinstance(bad, Rejection) and bad.reason == "malformed" and "Body" in bad.detail
 
 
-@pytest.mark.parametrize("name,ok", [("WebLog", True), ("Web_Log2", True), ("2Web", False),
-                                     ("Web-Log", False), ("date=2024", False), ("", False)])
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("WebLog", True),
+        ("Web_Log2", True),
+        ("2Web", False),
+        ("Web-Log", False),
+        ("date=2024", False),
+        ("", False),
+    ],
+)
 def test_naming_rule(name, ok):
     if ok:
         assert check_name(name, "--activity-name") == name

@@ -33,13 +33,16 @@ def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path, lake):
 
 def test_broken_avro_is_a_dead_letter_not_a_failed_run(tmp_path, lake):
     import fastavro
-    schema = fastavro.parse_schema({"type": "record", "name": "E", "fields": [
-        {"name": "Body", "type": ["null", "bytes"]}]})
+
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "E", "fields": [{"name": "Body", "type": ["null", "bytes"]}]}
+    )
     path = tmp_path / "in" / "cap.avro"
     path.parent.mkdir()
     with open(path, "wb") as f:
-        fastavro.writer(f, schema, [{"Body": json.dumps(event(f"e{i}")).encode()} for i in range(50)],
-                        codec="null")
+        fastavro.writer(
+            f, schema, [{"Body": json.dumps(event(f"e{i}")).encode()} for i in range(50)], codec="null"
+        )
     raw = bytearray(path.read_bytes())
     raw[-40] ^= 0xFF  # damage the last block
     path.write_bytes(bytes(raw))
@@ -53,7 +56,9 @@ def test_broken_avro_is_a_dead_letter_not_a_failed_run(tmp_path, lake):
 def test_a_lake_inside_the_input_folder_is_not_read_as_events(tmp_path):
     write_jsonl(tmp_path / "data" / "e.jsonl", [event("a")])
     for _ in range(2):
-        proc = run_cli("export", "--input", str(tmp_path / "data"), "--output", str(tmp_path / "data" / "lake"))
+        proc = run_cli(
+            "export", "--input", str(tmp_path / "data"), "--output", str(tmp_path / "data" / "lake")
+        )
         assert proc.returncode == 0, proc.stderr
     reports = run_reports(tmp_path / "data" / "lake" / "EngagementInsights")
     assert sorted(r["records_read"] for r in reports) == [0, 1]
@@ -70,9 +75,18 @@ def test_a_run_id_cannot_be_reused(tmp_path, lake):
 
 def test_a_rejected_ratio_failure_after_staging_leaves_no_orphans(tmp_path, lake):
     src = write_jsonl(tmp_path / "a.jsonl", [event("a"), "bad", "bad too"])
-    assert run_cli("export", "--input", str(src), "--output", str(lake), "--max-rejected-ratio", "0.1").returncode == 3
+    assert (
+        run_cli(
+            "export", "--input", str(src), "--output", str(lake), "--max-rejected-ratio", "0.1"
+        ).returncode
+        == 3
+    )
     ds = lake / "EngagementInsights"
-    assert not any(ds.rglob("*.parquet")) and not (ds / "_deadletter").exists() or not any((ds / "_deadletter").iterdir())
+    assert (
+        not any(ds.rglob("*.parquet"))
+        and not (ds / "_deadletter").exists()
+        or not any((ds / "_deadletter").iterdir())
+    )
     ok = run_cli("export", "--input", str(src), "--output", str(lake))
     assert ok.returncode == 0
     assert parquet_files(ds) == manifest_locations(ds)

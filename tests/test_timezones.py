@@ -88,7 +88,9 @@ def _cases() -> dict[str, dict[str, object]]:
         jsonl[f"j-str-{key}"] = str(ms)
     for k, text in enumerate(ISO):
         jsonl[f"j-iso-{k}"] = text
-    csv_cases = {f"c-str-{key}": str(ms) for key, ms in MS.items()} | {f"c-iso-{k}": t for k, t in enumerate(ISO)}
+    csv_cases = {f"c-str-{key}": str(ms) for key, ms in MS.items()} | {
+        f"c-iso-{k}": t for k, t in enumerate(ISO)
+    }
     avro = {f"a-long-{key}": ms for key, ms in MS.items()} | {f"a-iso-{k}": t for k, t in enumerate(ISO)}
     avro_logical = {f"t-{key}": EPOCH + timedelta(milliseconds=ms) for key, ms in MS.items()}
     return {"jsonl": jsonl, "csv": csv_cases, "avro": avro, "avro_logical": avro_logical}
@@ -102,44 +104,74 @@ EXPECTED = {aid: expected_time(v) for group in [*CASES.values(), FLAT] for aid, 
 def _signal_schema(timestamp_type) -> dict:
     def rec(name, field):
         return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-    return {"type": "record", "name": "Event", "fields": [{"name": "Signal", "type": {
-        "type": "record", "name": "SignalRecord", "fields": [
-            {"name": "Export", "type": rec("ExportRecord", "Id")},
-            {"name": "User", "type": rec("UserRecord", "Id")},
-            {"name": "Timestamp", "type": timestamp_type},
-            {"name": "View", "type": rec("ViewRecord", "Uri")},
-            {"name": "Action", "type": rec("ActionRecord", "Name")},
-            {"name": "Name", "type": ["null", "string"], "default": None},
-        ]}}]}
+
+    return {
+        "type": "record",
+        "name": "Event",
+        "fields": [
+            {
+                "name": "Signal",
+                "type": {
+                    "type": "record",
+                    "name": "SignalRecord",
+                    "fields": [
+                        {"name": "Export", "type": rec("ExportRecord", "Id")},
+                        {"name": "User", "type": rec("UserRecord", "Id")},
+                        {"name": "Timestamp", "type": timestamp_type},
+                        {"name": "View", "type": rec("ViewRecord", "Uri")},
+                        {"name": "Action", "type": rec("ActionRecord", "Name")},
+                        {"name": "Name", "type": ["null", "string"], "default": None},
+                    ],
+                },
+            }
+        ],
+    }
 
 
 def _write_inputs(folder) -> None:
     folder.mkdir(parents=True)
     lines = [json.dumps(event(aid, ts=ts)) for aid, ts in CASES["jsonl"].items()]
-    lines += [json.dumps({"Signal.Export.Id": aid, "Signal.User.Id": "u1", "Signal.Timestamp": ts,
-                          "Signal.View.Uri": "https://contoso.com/f", "Signal.Action.Name": "Flat"})
-              for aid, ts in FLAT.items()]
+    lines += [
+        json.dumps(
+            {
+                "Signal.Export.Id": aid,
+                "Signal.User.Id": "u1",
+                "Signal.Timestamp": ts,
+                "Signal.View.Uri": "https://contoso.com/f",
+                "Signal.Action.Name": "Flat",
+            }
+        )
+        for aid, ts in FLAT.items()
+    ]
     lines += [json.dumps(event(f"j-bad-{k}", ts=ts)) for k, ts in enumerate(BAD_TIMESTAMPS)]
     lines.append(json.dumps(event("j-bad-float", ts=1714521599999.5)))
     (folder / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["Signal.Export.Id", "Signal.User.Id", "Signal.Timestamp", "Signal.View.Uri",
-                     "Signal.Action.Name"])
+    writer.writerow(
+        ["Signal.Export.Id", "Signal.User.Id", "Signal.Timestamp", "Signal.View.Uri", "Signal.Action.Name"]
+    )
     for aid, ts in [*CASES["csv"].items(), *((f"c-bad-{k}", t) for k, t in enumerate(BAD_TIMESTAMPS))]:
         writer.writerow([aid, "u1", ts, "https://contoso.com/c", "Click"])
     (folder / "events.csv").write_text(buf.getvalue(), encoding="utf-8")
 
     def nested(aid, ts):
         return dict(event(aid, ts=ts), Signal=dict(event(aid, ts=ts)["Signal"], Name="AvroEvent"))
+
     with open(folder / "events.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(_signal_schema(["string", "long"])),
-                        [nested(aid, ts) for aid, ts in CASES["avro"].items()]
-                        + [nested(f"a-bad-{k}", t) for k, t in enumerate(BAD_TIMESTAMPS)])
+        fastavro.writer(
+            f,
+            fastavro.parse_schema(_signal_schema(["string", "long"])),
+            [nested(aid, ts) for aid, ts in CASES["avro"].items()]
+            + [nested(f"a-bad-{k}", t) for k, t in enumerate(BAD_TIMESTAMPS)],
+        )
     with open(folder / "logical.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(_signal_schema({"type": "long", "logicalType": "timestamp-millis"})),
-                        [nested(aid, ts) for aid, ts in CASES["avro_logical"].items()])
+        fastavro.writer(
+            f,
+            fastavro.parse_schema(_signal_schema({"type": "long", "logicalType": "timestamp-millis"})),
+            [nested(aid, ts) for aid, ts in CASES["avro_logical"].items()],
+        )
 
 
 def _locale_available(name: str) -> bool:
@@ -155,7 +187,9 @@ def _environments() -> list[tuple[str, dict[str, str]]]:
     envs = [(f"TZ={tz}", {"TZ": tz, "LC_ALL": "C.UTF-8"}) for tz in TZS]
     for name in (n for n in LOCALES if _locale_available(n)):
         envs.append((f"TZ=Asia/Tokyo LC_ALL={name}", {"TZ": "Asia/Tokyo", "LC_ALL": name}))
-        envs.append((f"TZ=America/New_York LANG={name}", {"TZ": "America/New_York", "LANG": name, "LC_ALL": None}))
+        envs.append(
+            (f"TZ=America/New_York LANG={name}", {"TZ": "America/New_York", "LANG": name, "LC_ALL": None})
+        )
     return envs
 
 
@@ -177,9 +211,22 @@ def runs(tmp_path_factory):
         env |= {k: v for k, v in overrides.items() if v is not None}
         lake = root / f"lake{len(out)}"
         proc = subprocess.run(
-            [sys.executable, "-m", "insights_link.cli", "export", "--input", str(root / "in"),
-             "--output", str(lake), *RUN],
-            capture_output=True, text=True, env=env, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "insights_link.cli",
+                "export",
+                "--input",
+                str(root / "in"),
+                "--output",
+                str(lake),
+                *RUN,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, (label, proc.stderr[-2000:])
         ds = lake / "EngagementInsights"
         out[label] = (ds, _snapshot(ds))
@@ -188,12 +235,23 @@ def runs(tmp_path_factory):
 
 def test_the_matrix_really_changes_the_local_zone():
     """Guard: each TZ reaches the C library and DuckDB (else the matrix would prove nothing)."""
-    probe = ("import time, duckdb; print(time.strftime('%z', time.localtime(1714557600)), "
-             "duckdb.connect().sql(\"select current_setting('TimeZone')\").fetchall()[0][0])")
-    for tz, offset in [("Asia/Tokyo", "+0900"), ("America/New_York", "-0400"),
-                       ("Australia/Lord_Howe", "+1030"), ("Pacific/Kiritimati", "+1400")]:
-        proc = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, TZ=tz),
-                              capture_output=True, text=True, check=True)
+    probe = (
+        "import time, duckdb; print(time.strftime('%z', time.localtime(1714557600)), "
+        "duckdb.connect().sql(\"select current_setting('TimeZone')\").fetchall()[0][0])"
+    )
+    for tz, offset in [
+        ("Asia/Tokyo", "+0900"),
+        ("America/New_York", "-0400"),
+        ("Australia/Lord_Howe", "+1030"),
+        ("Pacific/Kiritimati", "+1400"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=dict(os.environ, TZ=tz),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert proc.stdout.split() == [offset, tz]
 
 
@@ -229,8 +287,14 @@ def test_a_known_epoch_millisecond_value_lands_on_its_utc_date(runs):
     assert EPOCH + timedelta(milliseconds=1714521599999) == expected
     for label, (_, (files, rows, _)) in runs.items():
         by_id = {r["ActivityId"]: r["ActivityTime"] for r in rows}
-        for aid in ("j-num-midnight_minus", "j-str-midnight_minus", "c-str-midnight_minus",
-                    "a-long-midnight_minus", "t-midnight_minus", "f-num-midnight_minus"):
+        for aid in (
+            "j-num-midnight_minus",
+            "j-str-midnight_minus",
+            "c-str-midnight_minus",
+            "a-long-midnight_minus",
+            "t-midnight_minus",
+            "f-num-midnight_minus",
+        ):
             assert by_id[aid] == expected, (label, aid)
         assert any("/2024/04/30/WebLog_20240430_r1_" in f for f in files), label
 
@@ -244,10 +308,11 @@ def test_duckdb_in_another_zone_reads_the_same_utc_instants(runs, session_zone):
     con = duckdb.connect()
     try:
         con.execute(f"SET TimeZone = '{session_zone}'")
-        got = con.sql(f"select ActivityId, typeof(ActivityTime), timezone('UTC', ActivityTime) "
-                      f"from read_parquet({files!r})").fetchall()
+        got = con.sql(
+            f"select ActivityId, typeof(ActivityTime), timezone('UTC', ActivityTime) "
+            f"from read_parquet({files!r})"
+        ).fetchall()
     finally:
         con.close()
     assert {t for _, t, _ in got} == {"TIMESTAMP WITH TIME ZONE"}
     assert {aid: utc for aid, _, utc in got} == {aid: t.replace(tzinfo=None) for aid, t in EXPECTED.items()}
-

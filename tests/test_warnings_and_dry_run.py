@@ -19,8 +19,14 @@ from insights_link.storage.resolve import InputError, resolve_inputs
 
 
 def _spec(properties=(), event_names=None):
-    return ActivitySpec("WebLog", "WebLog", tuple(properties), "r1", datetime(2026, 1, 1, tzinfo=UTC),
-                        tuple(event_names) if event_names else None)
+    return ActivitySpec(
+        "WebLog",
+        "WebLog",
+        tuple(properties),
+        "r1",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        tuple(event_names) if event_names else None,
+    )
 
 
 def _jsonl_block(records):
@@ -30,8 +36,12 @@ def _jsonl_block(records):
 
 def _balanced(report):
     for name, c in report["activities"].items():
-        accounted = (c["activities_written"] + c["duplicates_dropped"] + sum(c["rejected"].values())
-                     + c["filtered_out"])
+        accounted = (
+            c["activities_written"]
+            + c["duplicates_dropped"]
+            + sum(c["rejected"].values())
+            + c["filtered_out"]
+        )
         assert accounted == c["records_read"], name
 
 
@@ -41,7 +51,10 @@ def _export(*args):
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every file and folder below ``folder``: relative path -> bytes (None for a folder)."""
-    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 # -- 1 and 2: presence of properties and event names, counted on both paths ------------------------
@@ -49,15 +62,18 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 def test_fast_and_reference_paths_count_present_properties_and_names_alike():
     records = [
-        event("a", Session={"Id": "s1"}),              # plainly valid: the fast path
-        event("b", Session={"Id": 7}),                  # a number: the reference path
-        event("c", Session={"Id": None}),               # null: not present
+        event("a", Session={"Id": "s1"}),  # plainly valid: the fast path
+        event("b", Session={"Id": 7}),  # a number: the reference path
+        event("c", Session={"Id": None}),  # null: not present
         event("d", uri="not a url", Session={"Id": "s2"}),  # rejected, still a record holding it
         event("e", name="ProductView"),
         '{"broken"',
     ]
     spec = _spec(["Signal.Session.Id", "Signal.Sesion.Id"], ["productview", "EmailPromoClick"])
-    fast, reference = process_block(_jsonl_block(records), spec), process_block_reference(_jsonl_block(records), spec)
+    fast, reference = (
+        process_block(_jsonl_block(records), spec),
+        process_block_reference(_jsonl_block(records), spec),
+    )
     assert fast.present == reference.present == {"Signal.Session.Id": 3, "Signal.Sesion.Id": 0}
     assert fast.names == reference.names == {"EmailPromoClick": 4, "ProductView": 1}
 
@@ -82,8 +98,11 @@ def test_signal_name_counts_stay_bounded_and_keep_the_filters_names():
 def test_a_property_no_record_holds_and_an_event_name_that_matched_nothing_are_warned(tmp_path, lake, fmt):
     """JSON lines take the fast path, CSV the reference path: both count."""
     if fmt == "jsonl":
-        src = write_jsonl(tmp_path / "in" / "e.jsonl", [event(f"p{i}", name="ProductView", Session={"Id": "s"})
-                                                       for i in range(3)] + [event("m", Session={"Id": "s"})])
+        src = write_jsonl(
+            tmp_path / "in" / "e.jsonl",
+            [event(f"p{i}", name="ProductView", Session={"Id": "s"}) for i in range(3)]
+            + [event("m", Session={"Id": "s"})],
+        )
     else:
         src = tmp_path / "in" / "e.csv"
         src.parent.mkdir(parents=True)
@@ -91,12 +110,26 @@ def test_a_property_no_record_holds_and_an_event_name_that_matched_nothing_are_w
         rows = [f"p{i},u1,2024-05-01T10:00:00Z,https://contoso.com/p,view,ProductView,s" for i in range(3)]
         rows.append("m,u1,2024-05-01T10:00:00Z,https://contoso.com/p,click,EmailPromoClick,s")
         src.write_text("\n".join([header, *rows]) + "\n")
-    proc = _export("--input", str(src), "--output", str(lake), "--property", "Signal.Sesion.Id",
-                   "--property", "Signal.Session.Id", "--event-name", "productview", "--event-name", "ProductView")
+    proc = _export(
+        "--input",
+        str(src),
+        "--output",
+        str(lake),
+        "--property",
+        "Signal.Sesion.Id",
+        "--property",
+        "Signal.Session.Id",
+        "--event-name",
+        "productview",
+        "--event-name",
+        "ProductView",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "warning: --property Signal.Sesion.Id was not present in any record" in proc.stdout.splitlines()
-    assert ("warning: --event-name 'productview' matched no event (seen: ProductView 3, EmailPromoClick 1)"
-            in proc.stdout.splitlines())
+    assert (
+        "warning: --event-name 'productview' matched no event (seen: ProductView 3, EmailPromoClick 1)"
+        in proc.stdout.splitlines()
+    )
     assert "Signal.Session.Id was not" not in proc.stdout and "'ProductView' matched" not in proc.stdout
     (report,) = run_reports(lake / "EngagementInsights")
     assert report["warnings"] == [
@@ -113,8 +146,9 @@ def test_a_run_with_nothing_to_say_has_an_empty_warnings_list_and_skipped_inputs
     assert first.returncode == 0, first.stderr
     assert "warning:" not in first.stdout
     # every input skipped as committed: nothing was read, so nothing is judged
-    again = _export("--input", str(src), "--output", str(lake), "--property", "Signal.Session.Id",
-                    "--event-name", "Nope")
+    again = _export(
+        "--input", str(src), "--output", str(lake), "--property", "Signal.Session.Id", "--event-name", "Nope"
+    )
     assert again.returncode == 0, again.stderr
     assert [r["warnings"] for r in run_reports(lake / "EngagementInsights")] == [[], []]
 
@@ -130,11 +164,13 @@ def test_resolve_inputs_names_files_of_unsupported_types_per_input(tmp_path):
         (folder / name).write_text("x")
     resolved = resolve_inputs([str(folder)])
     assert [Path(f.source).name for f in resolved.files] == ["a.jsonl"]
-    assert resolved.warnings == [f"skipped 4 files of unsupported types in {folder}: notes.txt, sub/y.xml, "
-                                 "x.parquet, ..."]
+    assert resolved.warnings == [
+        f"skipped 4 files of unsupported types in {folder}: notes.txt, sub/y.xml, x.parquet, ..."
+    ]
     glob = resolve_inputs([f"{folder}/*.t*"])
-    assert glob.files == [] and glob.warnings == [f"skipped 2 files of unsupported types in {folder}/*.t*: "
-                                                  "notes.txt, z.tsv"]
+    assert glob.files == [] and glob.warnings == [
+        f"skipped 2 files of unsupported types in {folder}/*.t*: notes.txt, z.tsv"
+    ]
     assert resolve_inputs([str(folder / "a.jsonl")]).warnings == []
     assert resolve_inputs([str(folder)], "jsonl").warnings == []  # --input-format reads every file
 
@@ -180,25 +216,37 @@ def test_a_missing_input_stays_a_usage_error(tmp_path, lake, pattern):
 
 def _mixed_inputs(folder: Path) -> Path:
     long_uri = "https://" + "x" * 300 + " space"
-    write_jsonl(folder / "a.jsonl", [
-        event("a"), event("b"), event("a"),                       # one duplicate within the run
-        *[event(f"bad{i}", uri="nope") for i in range(4)],          # 4 invalid_uri: 3 examples
-        event("long", uri=long_uri),                              # invalid_uri, not an example
-        event("nots", ts="yesterday"), '{"broken"',
-    ])
+    write_jsonl(
+        folder / "a.jsonl",
+        [
+            event("a"),
+            event("b"),
+            event("a"),  # one duplicate within the run
+            *[event(f"bad{i}", uri="nope") for i in range(4)],  # 4 invalid_uri: 3 examples
+            event("long", uri=long_uri),  # invalid_uri, not an example
+            event("nots", ts="yesterday"),
+            '{"broken"',
+        ],
+    )
     return folder
 
 
 def test_dry_run_on_a_new_output_reports_reasons_and_examples_and_creates_nothing(tmp_path, lake):
     folder = _mixed_inputs(tmp_path / "in")
     (folder / "notes.txt").write_text("x")
-    proc = _export("--input", str(folder), "--output", str(lake), "--dry-run", "--property", "Signal.Sesion.Id")
+    proc = _export(
+        "--input", str(folder), "--output", str(lake), "--dry-run", "--property", "Signal.Sesion.Id"
+    )
     assert proc.returncode == 0, proc.stderr
     assert not lake.exists()
     out = proc.stdout.splitlines()
     assert out[0].endswith(": dry run, nothing was written")
     assert "  activities to write: 2" in out and "  duplicates dropped:  1" in out
-    assert "    invalid_uri        5" in out and "    invalid_timestamp  1" in out and "    malformed          1" in out
+    assert (
+        "    invalid_uri        5" in out
+        and "    invalid_timestamp  1" in out
+        and "    malformed          1" in out
+    )
     uri_examples = [line for line in out if line.startswith("      e.g. ") and '"nope"' in line]
     assert len(uri_examples) == 3 and all(f"{folder / 'a.jsonl'}:" in line for line in uri_examples)
     assert any(line.startswith("      e.g. ") and "yesterday" in line for line in out)
@@ -216,9 +264,15 @@ def test_dry_run_leaves_a_committed_lake_byte_for_byte_unchanged_and_a_real_run_
     assert "EngagementInsights/_lock" in before  # left by the real run; the dry run takes no lock
 
     # the next export: a new file repeating a committed id, with rejects; the committed file is skipped
-    write_jsonl(tmp_path / "in" / "second.jsonl", [
-        event("b"), event("c"), event("d", uri="nope"),
-        json.dumps(event("e", uri="https://contoso.com/" + "p" * 400, action=None))])
+    write_jsonl(
+        tmp_path / "in" / "second.jsonl",
+        [
+            event("b"),
+            event("c"),
+            event("d", uri="nope"),
+            json.dumps(event("e", uri="https://contoso.com/" + "p" * 400, action=None)),
+        ],
+    )
     args = ("--input", str(tmp_path / "in"), "--output", str(lake))
     dry = _export(*args, "--dry-run", "--log-format", "json", "--run-id", "r2")
     assert dry.returncode == 0, dry.stderr
@@ -226,7 +280,9 @@ def test_dry_run_leaves_a_committed_lake_byte_for_byte_unchanged_and_a_real_run_
     would = json.loads(dry.stdout.strip().splitlines()[-1])
     assert would["status"] == "dry_run" and would["run_id"] == "r2"
     assert {Path(i["source"]).name: i["status"] for i in would["inputs"]} == {
-        "first.jsonl": "skipped", "second.jsonl": "processed"}
+        "first.jsonl": "skipped",
+        "second.jsonl": "processed",
+    }
     assert (would["records_read"], would["activities_written"], would["duplicates_dropped"]) == (4, 1, 1)
     assert would["rejected"]["invalid_uri"] == 1 and would["rejected"]["missing_field"] == 1
     assert would["warnings"] == []
@@ -266,8 +322,12 @@ def test_remote_inputs_and_a_dry_run_against_an_azure_lake(tmp_path, azure_lake)
     service = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
     container = service.get_container_client(azure_lake.split("://", 1)[1].split("@", 1)[0])
     container.create_container()
-    for name, data in {"in/a.jsonl": json.dumps(event("a")) + "\n", "in/notes.txt": "x",
-                       "only/readme.md": "x", "only/_tmp.jsonl": "x"}.items():
+    for name, data in {
+        "in/a.jsonl": json.dumps(event("a")) + "\n",
+        "in/notes.txt": "x",
+        "only/readme.md": "x",
+        "only/_tmp.jsonl": "x",
+    }.items():
         container.upload_blob(name, data.encode())
     root = azure_lake.rsplit("/", 1)[0]
     resolved = resolve_inputs([f"{root}/in"])
@@ -287,11 +347,24 @@ def test_remote_inputs_and_a_dry_run_against_an_azure_lake(tmp_path, azure_lake)
 
     before = blobs()
     local = write_jsonl(tmp_path / "more.jsonl", [event("a"), event("b"), event("c", uri="nope")])
-    dry = _export("--input", f"{root}/in", "--input", str(local), "--output", azure_lake, "--dry-run",
-                  "--log-format", "json")
+    dry = _export(
+        "--input",
+        f"{root}/in",
+        "--input",
+        str(local),
+        "--output",
+        azure_lake,
+        "--dry-run",
+        "--log-format",
+        "json",
+    )
     assert dry.returncode == 0, dry.stderr
     assert blobs() == before
     would = json.loads(dry.stdout.strip().splitlines()[-1])
-    assert (would["status"], would["records_read"], would["activities_written"], would["duplicates_dropped"]) == (
-        "dry_run", 3, 1, 1)
+    assert (
+        would["status"],
+        would["records_read"],
+        would["activities_written"],
+        would["duplicates_dropped"],
+    ) == ("dry_run", 3, 1, 1)
     assert would["warnings"] == [f"skipped 1 file of unsupported types in {root}/in: notes.txt"]

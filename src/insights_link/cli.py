@@ -47,12 +47,16 @@ def summary_text(report: dict) -> str:
     activities = report.get("activities", {})
     if len(activities) > 1:
         for name, counts in activities.items():
-            lines.append(f"  table {name}: {counts['activities_written']} written, "
-                         f"{counts['duplicates_dropped']} duplicates, {sum(counts['rejected'].values())} "
-                         f"rejected, {counts['filtered_out']} filtered out")
+            lines.append(
+                f"  table {name}: {counts['activities_written']} written, "
+                f"{counts['duplicates_dropped']} duplicates, {sum(counts['rejected'].values())} "
+                f"rejected, {counts['filtered_out']} filtered out"
+            )
     for broken in report.get("unreadable_inputs", []):
-        lines.append(f"  UNREADABLE input:    {broken['source']} (after position {broken['position'] - 1}; "
-                     "its rest is one malformed dead letter)")
+        lines.append(
+            f"  UNREADABLE input:    {broken['source']} (after position {broken['position'] - 1}; "
+            "its rest is one malformed dead letter)"
+        )
     skipped = [i["source"] for i in report.get("inputs", []) if i.get("status") == "skipped"]
     if skipped:
         lines.append(f"  inputs skipped (committed earlier, use --reprocess): {len(skipped)}")
@@ -66,8 +70,12 @@ def summary_text(report: dict) -> str:
 class _QuietDependencies(logging.Filter):
     """Our INFO lines, other libraries' warnings, minus Beam's import-time noise about GCP."""
 
-    NOISE = ("apitools not found", "bigquery_storage", "Converting string literal type hint",
-             "Unable to create default GCS bucket")
+    NOISE = (
+        "apitools not found",
+        "bigquery_storage",
+        "Converting string literal type hint",
+        "Unable to create default GCS bucket",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("insights_link"):
@@ -157,8 +165,10 @@ def version_text() -> str:
         except PackageNotFoundError:
             return "?"
 
-    return (f"insights-link {of('insights-link')} (apache-beam {of('apache-beam')}, pyarrow {of('pyarrow')}, "
-            f"Python {sys.version.split()[0]})")
+    return (
+        f"insights-link {of('insights-link')} (apache-beam {of('apache-beam')}, pyarrow {of('pyarrow')}, "
+        f"Python {sys.version.split()[0]})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         command, rest = rest[0], ["--help"]
     if command != "export":
-        print(f"insights-link: unknown command {command!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        print(
+            f"insights-link: unknown command {command!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr
+        )
         return EXIT_USAGE
     if "-h" in rest or "--help" in rest:
         configure_logging("text", logging.WARNING)  # keeps Beam's import-time chatter out
@@ -200,8 +212,9 @@ def export(argv: list[str]) -> int:
         """The checked options (flags over the job file) decide the output from here on."""
         nonlocal log_format
         log_format = config.log_format
-        configure_logging(log_format, logging.DEBUG if config.verbose else
-                          logging.WARNING if config.quiet else logging.INFO)
+        configure_logging(
+            log_format, logging.DEBUG if config.verbose else logging.WARNING if config.quiet else logging.INFO
+        )
 
     from insights_link.errors import (
         CommittedWithErrors,
@@ -213,7 +226,9 @@ def export(argv: list[str]) -> int:
     )
     from insights_link.pipeline.run import run
 
-    previous = {signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         report = run(argv, on_config=settle_output)
     except UsageError as exc:
@@ -229,14 +244,22 @@ def export(argv: list[str]) -> int:
         return _failed(log_format, exc.exit_code, f"insights-link: {message}", exc.status)
     except RunFailed as exc:
         logger.debug("run failed", exc_info=True)
-        return _failed(log_format, exc.exit_code, f"insights-link: run failed, nothing committed: {exc}",
-                       exc.status)
+        return _failed(
+            log_format, exc.exit_code, f"insights-link: run failed, nothing committed: {exc}", exc.status
+        )
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        settled = ("the run had already committed" if getattr(exc, "committed", False)
-                   else "nothing committed; the next run cleans up")
-        return _failed(log_format, 128 + signum,
-                       f"insights-link: interrupted by {signal.Signals(signum).name}: {settled}", "interrupted")
+        settled = (
+            "the run had already committed"
+            if getattr(exc, "committed", False)
+            else "nothing committed; the next run cleans up"
+        )
+        return _failed(
+            log_format,
+            128 + signum,
+            f"insights-link: interrupted by {signal.Signals(signum).name}: {settled}",
+            "interrupted",
+        )
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -44,9 +44,17 @@ class Progress:
             from tqdm import tqdm
 
             size = shutil.get_terminal_size((100, 20))  # a new pty may say 0 x 0: tqdm then hides the bar
-            self._bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=f"files 0/{self.files}", file=sys.stderr, ncols=size.columns or 100,
-                             nrows=size.lines or 20, leave=True)
+            self._bar = tqdm(
+                total=self.total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"files 0/{self.files}",
+                file=sys.stderr,
+                ncols=size.columns or 100,
+                nrows=size.lines or 20,
+                leave=True,
+            )
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._redirect = logging_redirect_tqdm()  # log lines go above the bar, not through it
@@ -75,7 +83,9 @@ class Progress:
             if self._bar is not None:
                 self._bar.set_description(f"files {self.done_files}/{self.files}", refresh=False)
                 self._bar.set_postfix(records=f"{self.records:,}", refresh=True)
-            elif self.mode == "lines" and (name == "file_read" or time.monotonic() - self._last_line >= PLAIN_EVERY_SECONDS):
+            elif self.mode == "lines" and (
+                name == "file_read" or time.monotonic() - self._last_line >= PLAIN_EVERY_SECONDS
+            ):
                 self._last_line = time.monotonic()
                 logger.info("%s", self.line())
 
@@ -85,8 +95,10 @@ class Progress:
         left = ""
         if self.done_bytes and self.total_bytes > self.done_bytes:
             left = f", about {(self.total_bytes - self.done_bytes) / (self.done_bytes / elapsed):.0f} s left"
-        return (f"progress: {self.done_files}/{self.files} files, {self.records:,} records, "
-                f"{rate:.1f} MB/s, {elapsed:.0f} s elapsed{left}")
+        return (
+            f"progress: {self.done_files}/{self.files} files, {self.records:,} records, "
+            f"{rate:.1f} MB/s, {elapsed:.0f} s elapsed{left}"
+        )
 
 
 def mode_for(quiet: bool, log_format: str) -> str:

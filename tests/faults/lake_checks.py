@@ -20,7 +20,9 @@ from insights_link.storage import open_storage
 REPO = Path(__file__).resolve().parents[2]
 
 
-def committed_ids(lake_url: str, data_source: str = "EngagementInsights", *, settled: bool = True) -> list[str]:
+def committed_ids(
+    lake_url: str, data_source: str = "EngagementInsights", *, settled: bool = True
+) -> list[str]:
     """Every ActivityId the manifest references (sorted, duplicates kept), after checking that
     each listed file exists and (``settled``: no run is mid-way or dead) that no
     exporter-written Parquet file is unreferenced."""
@@ -29,13 +31,21 @@ def committed_ids(lake_url: str, data_source: str = "EngagementInsights", *, set
     if not storage.exists(manifest_key):
         return []
     doc = json.loads(storage.read_bytes(manifest_key))
-    listed = sorted(p["location"] for e in doc["entities"]
-                    for p in e["dataPartitions"] + e.get("incrementalPartitions", []))
-    on_disk = sorted(o.key[len(data_source) + 1:] for o in storage.list(data_source)
-                     if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(data_source) + 1:])
+    listed = sorted(
+        p["location"]
+        for e in doc["entities"]
+        for p in e["dataPartitions"] + e.get("incrementalPartitions", [])
+    )
+    on_disk = sorted(
+        o.key[len(data_source) + 1 :]
+        for o in storage.list(data_source)
+        if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(data_source) + 1 :]
+    )
     missing = sorted(set(listed) - set(on_disk))
     assert not missing, f"the manifest lists files that do not exist: {missing}"
-    assert not settled or on_disk == listed, f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
+    assert not settled or on_disk == listed, (
+        f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
+    )
     ids: list[str] = []
     for location in listed:
         table = pq.read_table(pa.BufferReader(storage.read_bytes(f"{data_source}/{location}")))
@@ -45,9 +55,14 @@ def committed_ids(lake_url: str, data_source: str = "EngagementInsights", *, set
 
 def start_export(*args: str, env: dict | None = None) -> subprocess.Popen:
     """``insights-link export`` as a background process (stdout/stderr captured as text)."""
-    return subprocess.Popen([sys.executable, "-m", "insights_link.cli", "export", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})), cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "insights_link.cli", "export", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        cwd=REPO,
+    )
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:

@@ -70,8 +70,9 @@ class StallProxy:
             for args in ((client, upstream, True, connection), (upstream, client, False, connection)):
                 threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool,
-              connection: dict[str, bool]) -> None:
+    def _pump(
+        self, source: socket.socket, target: socket.socket, from_client: bool, connection: dict[str, bool]
+    ) -> None:
         try:
             while True:
                 data = source.recv(65536)

@@ -49,8 +49,15 @@ def test_local_frozen_run_keeps_the_lock_and_commits_after_thaw(step, tmp_path, 
     a, b, _ = inputs
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run_a = start_export("--input", str(a), "--output", lake, "--block-records", "5",
-                         env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run_a = start_export(
+        "--input",
+        str(a),
+        "--output",
+        lake,
+        "--block-records",
+        "5",
+        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run_a)
     freeze(run_a)
     pause.unlink()
@@ -75,8 +82,15 @@ def test_local_run_whose_lock_file_was_removed_cannot_commit(step, tmp_path, inp
     lake = tmp_path / "lake"
     assert run_cli("export", "--input", str(base), "--output", str(lake)).returncode == 0
     pause = tmp_path / "pause"
-    run_a = start_export("--input", str(a), "--output", str(lake), "--block-records", "5",
-                         env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run_a = start_export(
+        "--input",
+        str(a),
+        "--output",
+        str(lake),
+        "--block-records",
+        "5",
+        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run_a)
     (lake / "EngagementInsights" / "_lock").unlink()
     run_b = run_cli("export", "--input", str(b), "--output", str(lake))
@@ -121,8 +135,15 @@ def test_azure_frozen_run_whose_lease_lapsed_cannot_commit(step, tmp_path, input
     lease lapses, B takes over, rolls A back and commits; A, thawed, fails and touches nothing."""
     a, b, _ = inputs
     pause = tmp_path / "pause"
-    run_a = start_export("--input", str(a), "--output", azure_lake, "--block-records", "5",
-                         env={**LEASE, "INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run_a = start_export(
+        "--input",
+        str(a),
+        "--output",
+        azure_lake,
+        "--block-records",
+        "5",
+        env={**LEASE, "INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run_a)
     freeze(run_a)
     pause.unlink()
@@ -148,11 +169,18 @@ def test_azure_stalled_manifest_write_lands_late_and_is_refused(tmp_path, inputs
     assert run_cli("export", "--input", str(base), "--output", azure_lake).returncode == 0
     trigger = rb"PUT /devstoreaccount1/[^ ]*/EngagementInsights/default\.manifest\.cdm\.json"
     with StallProxy(azurite.port, trigger) as proxy:
-        run_a = start_export("--input", str(a), "--output", azure_lake,
-                             env={**LEASE, "AZURE_STORAGE_CONNECTION_STRING": connection_string(proxy.port)})
+        run_a = start_export(
+            "--input",
+            str(a),
+            "--output",
+            azure_lake,
+            env={**LEASE, "AZURE_STORAGE_CONNECTION_STRING": connection_string(proxy.port)},
+        )
         try:
             assert proxy.triggered.wait(180), "run A never reached its manifest write"
-            run_b = run_cli("export", "--input", str(b), "--output", azure_lake, "--lock-wait", "120", env=LEASE)
+            run_b = run_cli(
+                "export", "--input", str(b), "--output", azure_lake, "--lock-wait", "120", env=LEASE
+            )
             assert run_b.returncode == 0, run_b.stderr
             assert "did not commit; removing what it wrote" in run_b.stderr
         finally:

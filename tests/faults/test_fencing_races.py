@@ -21,8 +21,14 @@ DAYS = ["2024-05-01T10:00:00Z", "2024-05-02T10:00:00Z", "2024-05-03T10:00:00Z"]
 
 def _held_run(tmp_path, lake, source, hold: str, *extra: str):
     pause = tmp_path / "hold"
-    run = start_export("--input", str(source), "--output", str(lake), *extra,
-                       env={"INSIGHTS_LINK_PAUSE_STORAGE": hold, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run = start_export(
+        "--input",
+        str(source),
+        "--output",
+        str(lake),
+        *extra,
+        env={"INSIGHTS_LINK_PAUSE_STORAGE": hold, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run)
     (lake / "EngagementInsights" / "_lock").unlink()
     return run, pause
@@ -53,10 +59,17 @@ def test_fenced_out_run_cannot_redefine_a_table(tmp_path):
     a = write_jsonl(tmp_path / "a" / "a.jsonl", [event("a1")])
     b = write_jsonl(tmp_path / "b" / "b.jsonl", [event("b1", Session={"Id": "s"})])
     run_a, pause = _held_run(tmp_path, lake, a, "write_if:WebLog.cdm.json:1")
-    assert run_cli("export", "--input", str(b), "--output", str(lake), "--property", "Signal.Session.Id").returncode == 0
+    assert (
+        run_cli(
+            "export", "--input", str(b), "--output", str(lake), "--property", "Signal.Session.Id"
+        ).returncode
+        == 0
+    )
     code, _out, err = _resume(run_a, pause)
     assert code == 1, err
-    columns = [x["name"] for x in json.loads((ds / "WebLog.cdm.json").read_text())["definitions"][0]["hasAttributes"]]
+    columns = [
+        x["name"] for x in json.loads((ds / "WebLog.cdm.json").read_text())["definitions"][0]["hasAttributes"]
+    ]
     assert "SignalSessionId" in columns
     again = write_jsonl(tmp_path / "c" / "c.jsonl", [event("c1", Session={"Id": "t"})])
     rerun = run_cli("export", "--input", str(again), "--output", str(lake), "--property", "Signal.Session.Id")

@@ -16,8 +16,17 @@ from lake_checks import committed_ids
 
 from conftest import dead_letters, event, read_activities, run_cli, write_jsonl
 
-STEPS = ["after_staged_file", "before_commit", "after_dead_letters", "after_first_move", "after_moves",
-         "before_manifest", "after_manifest", "after_report", "recovery_before_delete"]
+STEPS = [
+    "after_staged_file",
+    "before_commit",
+    "after_dead_letters",
+    "after_first_move",
+    "after_moves",
+    "before_manifest",
+    "after_manifest",
+    "after_report",
+    "recovery_before_delete",
+]
 DAYS = ["2024-05-01T23:59:00Z", "2024-05-02T00:01:00Z", "2024-05-03T12:00:00Z"]
 
 
@@ -44,13 +53,18 @@ def _trial(tmp_path, seed: int) -> None:
     files = _inputs(tmp_path, rng)
     clean = tmp_path / "clean"
     for f in files:
-        assert run_cli("export", "--input", str(f), "--output", str(clean), "--block-records", "7").returncode == 0
+        assert (
+            run_cli("export", "--input", str(f), "--output", str(clean), "--block-records", "7").returncode
+            == 0
+        )
 
     lake = tmp_path / "lake"
     plan = [(rng.choice(files), rng.choice(STEPS) if rng.random() < 0.7 else None) for _ in range(4)]
     for source, step in plan:
         env = {"INSIGHTS_LINK_KILL_AT": step} if step else {}
-        run = run_cli("export", "--input", str(source), "--output", str(lake), "--block-records", "7", env=env)
+        run = run_cli(
+            "export", "--input", str(source), "--output", str(lake), "--block-records", "7", env=env
+        )
         assert run.returncode in (0, -signal.SIGKILL), run.stderr
         committed_ids(str(lake), settled=False)  # whatever the moment, readers see a sound data source
     for f in files:

@@ -26,8 +26,15 @@ def source(tmp_path):
 def test_signal_mid_run_exits_with_its_code_and_one_line(step, signum, code, tmp_path, source):
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run = start_export("--input", str(source), "--output", lake, "--block-records", "5",
-                       env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run = start_export(
+        "--input",
+        str(source),
+        "--output",
+        lake,
+        "--block-records",
+        "5",
+        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run)
     run.send_signal(signum)
     out, err = run.communicate(timeout=120)
@@ -78,9 +85,17 @@ def test_multiprocess_workers_exit_when_the_launcher_is_killed(tmp_path, source)
     """kill -9 of a multi-processing run: its SDK worker processes notice and exit by themselves."""
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run = start_export("--input", str(source), "--output", lake, "--block-records", "5",
-                       "--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                       env={"INSIGHTS_LINK_PAUSE_AT": "after_staged_file", "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run = start_export(
+        "--input",
+        str(source),
+        "--output",
+        lake,
+        "--block-records",
+        "5",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+        env={"INSIGHTS_LINK_PAUSE_AT": "after_staged_file", "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run)  # a worker is inside a DoFn now
     workers = _children_of(run.pid)
     assert workers, "expected SDK worker processes below the launcher"

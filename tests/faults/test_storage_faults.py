@@ -31,8 +31,14 @@ def test_lost_response_to_the_manifest_write_is_found_committed(tmp_path, source
     assert run_cli("export", "--input", str(base), "--output", azure_lake).returncode == 0
     trigger = rb"PUT /devstoreaccount1/[^ ]*/EngagementInsights/default\.manifest\.cdm\.json"
     with StallProxy(azurite.port, trigger, drop_response=True) as proxy:
-        run = run_cli("export", "--input", str(source), "--output", azure_lake,
-                      env={"AZURE_STORAGE_CONNECTION_STRING": connection_string(proxy.port)})
+        run = run_cli(
+            "export",
+            "--input",
+            str(source),
+            "--output",
+            azure_lake,
+            env={"AZURE_STORAGE_CONNECTION_STRING": connection_string(proxy.port)},
+        )
         assert proxy.triggered.is_set()
     assert run.returncode == 0, run.stderr
     assert "committed" in run.stdout
@@ -44,8 +50,13 @@ def test_storage_outage_right_after_the_commit_point_says_committed(tmp_path, so
     """Azurite stops just after the manifest write: the run exits 1 saying its data is
     committed (not "nothing committed"); the next run finishes it and skips its inputs."""
     pause = tmp_path / "pause"
-    run = start_export("--input", str(source), "--output", azure_lake,
-                       env={"INSIGHTS_LINK_PAUSE_AT": "after_manifest", "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    run = start_export(
+        "--input",
+        str(source),
+        "--output",
+        azure_lake,
+        env={"INSIGHTS_LINK_PAUSE_AT": "after_manifest", "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
     wait_for_file(pause, run)
     azurite.stop()
     try:
@@ -71,15 +82,25 @@ def test_recovery_never_deletes_files_it_did_not_write(tmp_path, source):
     ds = lake / "EngagementInsights"
     first = write_jsonl(tmp_path / "first" / "f.jsonl", [event("f1")])
     assert run_cli("export", "--input", str(first), "--output", str(lake), "--run-id", "r1").returncode == 0
-    foreign = [ds / "Archive" / "2023" / "history.parquet",
-               ds / "WebLog" / "FullData" / "2024" / "05" / "01" / "mine.parquet",
-               ds / "WebLog" / "FullData" / "2024" / "05" / "01" / "WebLog_20240501_someone_000.parquet",
-               ds / "Other" / "Other_20240501_r2_000.parquet"]
+    foreign = [
+        ds / "Archive" / "2023" / "history.parquet",
+        ds / "WebLog" / "FullData" / "2024" / "05" / "01" / "mine.parquet",
+        ds / "WebLog" / "FullData" / "2024" / "05" / "01" / "WebLog_20240501_someone_000.parquet",
+        ds / "Other" / "Other_20240501_r2_000.parquet",
+    ]
     for n, path in enumerate(foreign):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"user data %d" % n)
-    killed = run_cli("export", "--input", str(source), "--output", str(lake), "--run-id", "r2",
-                     env={"INSIGHTS_LINK_KILL_AT": "after_moves"})
+    killed = run_cli(
+        "export",
+        "--input",
+        str(source),
+        "--output",
+        str(lake),
+        "--run-id",
+        "r2",
+        env={"INSIGHTS_LINK_KILL_AT": "after_moves"},
+    )
     assert killed.returncode == -signal.SIGKILL
     assert run_cli("export", "--input", str(source), "--output", str(lake), "--run-id", "r3").returncode == 0
     for n, path in enumerate(foreign):
@@ -91,8 +112,12 @@ def test_recovery_never_deletes_files_it_did_not_write(tmp_path, source):
 
 def _mount_tmpfs(path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.timeout(300)
@@ -104,8 +129,9 @@ def test_full_disk_fails_the_run_cleanly_and_a_rerun_converges(tmp_path):
         pytest.skip("mounting a size-limited tmpfs needs root (CI runs as root)")
     try:
         ids = [f"x{i:05d}" for i in range(6000)]
-        src = write_jsonl(tmp_path / "in" / "big.jsonl",
-                          [event(i, uri=f"https://contoso.com/{i}/{'p' * 200}") for i in ids])
+        src = write_jsonl(
+            tmp_path / "in" / "big.jsonl", [event(i, uri=f"https://contoso.com/{i}/{'p' * 200}") for i in ids]
+        )
         lake = str(mount / "lake")
         full = run_cli("export", "--input", str(src), "--output", lake)
         assert full.returncode == 1, full.stderr
@@ -116,6 +142,8 @@ def test_full_disk_fails_the_run_cleanly_and_a_rerun_converges(tmp_path):
         rerun = run_cli("export", "--input", str(src), "--output", lake)
         assert rerun.returncode == 0, rerun.stderr
         assert committed_ids(lake) == sorted(ids)
-        assert [r["status"] for r in run_reports(mount / "lake" / "EngagementInsights")].count("committed") == 1
+        assert [r["status"] for r in run_reports(mount / "lake" / "EngagementInsights")].count(
+            "committed"
+        ) == 1
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)

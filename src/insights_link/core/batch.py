@@ -107,7 +107,9 @@ def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
     return total
 
 
-def keep_names(counts: dict[str, int], always: tuple[str, ...] | frozenset[str] | None = ()) -> dict[str, int]:
+def keep_names(
+    counts: dict[str, int], always: tuple[str, ...] | frozenset[str] | None = ()
+) -> dict[str, int]:
     """The :data:`NAMES_KEPT` most frequent names (ties by name), plus every name in ``always``
     (the filter's names, so whether they matched stays exact)."""
     if len(counts) <= NAMES_KEPT:
@@ -141,7 +143,7 @@ def payload_of(block: RawBlock, i: int) -> Any:
     if block.fmt == "csv":
         header = block.header or []
         return {name: raw[j] if j < len(raw) else None for j, name in enumerate(header)} | (
-            {"_extra": raw[len(header):]} if len(raw) > len(header) else {}
+            {"_extra": raw[len(header) :]} if len(raw) > len(header) else {}
         )
     return json.loads(json.dumps(raw, default=_json_default))
 
@@ -253,11 +255,25 @@ def process_block_reference(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     read = len(block.payloads)
     if block.unreadable:
         position, detail = block.unreadable
-        dead.append({"reason": "malformed", "detail": detail, "source": block.source,
-                     "position": position, "payload": None, "run_id": spec.run_id})
+        dead.append(
+            {
+                "reason": "malformed",
+                "detail": detail,
+                "source": block.source,
+                "position": position,
+                "payload": None,
+                "run_id": spec.run_id,
+            }
+        )
         read += 1
-    return BlockResult(rows_to_table(spec, rows), dead, read, filtered, present=present,
-                       names=keep_names(dict(names), spec.event_names))
+    return BlockResult(
+        rows_to_table(spec, rows),
+        dead,
+        read,
+        filtered,
+        present=present,
+        names=keep_names(dict(names), spec.event_names),
+    )
 
 
 def process_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
@@ -283,8 +299,15 @@ def within_window(result: BlockResult, spec: ActivitySpec) -> BlockResult:
         keep = pc.and_(keep, pc.less(times, pa.scalar(spec.until, UTC_MICROS)))
     table = result.table.filter(keep)
     dropped = result.table.num_rows - table.num_rows
-    return BlockResult(table, result.dead_letters, result.records_read, result.filtered_out + dropped,
-                       result.outside_window + dropped, result.present, result.names)
+    return BlockResult(
+        table,
+        result.dead_letters,
+        result.records_read,
+        result.filtered_out + dropped,
+        result.outside_window + dropped,
+        result.present,
+        result.names,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

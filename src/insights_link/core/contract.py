@@ -51,8 +51,10 @@ def check_name(value: str, what: str) -> str:
     'WebLog'
     """
     if value and len(value) > MAX_NAME_LENGTH:
-        raise ContractError(f"{what} {value[:40]!r}... is {len(value)} characters long; at most "
-                            f"{MAX_NAME_LENGTH} make valid file names")
+        raise ContractError(
+            f"{what} {value[:40]!r}... is {len(value)} characters long; at most "
+            f"{MAX_NAME_LENGTH} make valid file names"
+        )
     if not _NAME_RULE.fullmatch(value or ""):
         raise ContractError(
             f"{what} {value!r} breaks the naming rule: it must begin with a letter and "

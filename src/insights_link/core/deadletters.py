@@ -15,8 +15,13 @@ def dead_letter_key(letter: dict) -> tuple:
     and the same letter about to be written get the same key."""
     clean = json.loads(_json_line(letter))
     body = json.dumps([clean.get("payload"), clean.get("payload_base64")], sort_keys=True)
-    return (clean.get("source"), clean.get("position"), clean.get("reason"), clean.get("activity"),
-            hashlib.sha256(body.encode("utf-8")).hexdigest())
+    return (
+        clean.get("source"),
+        clean.get("position"),
+        clean.get("reason"),
+        clean.get("activity"),
+        hashlib.sha256(body.encode("utf-8")).hexdigest(),
+    )
 
 
 def encode_dead_letters(records: Iterable[dict]) -> bytes:
@@ -34,19 +39,28 @@ def _json_line(record: dict) -> bytes:
     written as the strings "NaN", "Infinity" and "-Infinity".
     """
     try:
-        return (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+        return (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode(
+            "utf-8"
+        )
     except (UnicodeEncodeError, ValueError):
         pass  # the rare record with lone surrogates or non-finite floats: cleaned below
+
     def raw(text: str) -> bytes:
         try:
             return text.encode("utf-8", errors="surrogateescape")
         except UnicodeEncodeError:  # a surrogate outside surrogateescape's range: its CESU bytes
-            return b"".join(bytes([ord(ch) - 0xDC00]) if "\udc80" <= ch <= "\udcff"
-                            else ch.encode("utf-8", errors="surrogatepass") for ch in text)
+            return b"".join(
+                bytes([ord(ch) - 0xDC00])
+                if "\udc80" <= ch <= "\udcff"
+                else ch.encode("utf-8", errors="surrogatepass")
+                for ch in text
+            )
 
     def clean(value):
         if isinstance(value, str):
-            return raw(value).decode("utf-8", errors="replace") if re.search("[\ud800-\udfff]", value) else value
+            return (
+                raw(value).decode("utf-8", errors="replace") if re.search("[\ud800-\udfff]", value) else value
+            )
         if isinstance(value, float) and not -float("inf") < value < float("inf"):
             return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
         if isinstance(value, dict):

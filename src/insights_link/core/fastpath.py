@@ -35,10 +35,18 @@ from insights_link.core.contract import UTC_MICROS
 
 _local = threading.local()
 
-_REQUIRED_PATHS = ["$.Signal.Export.Id", "$.Signal.User.Id", "$.Signal.Timestamp",
-                   "$.Signal.View.Uri", "$.Signal.Action.Name", "$.Signal.Name"]
-_TS = (r"^(19|2\d)\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-       r"(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$")
+_REQUIRED_PATHS = [
+    "$.Signal.Export.Id",
+    "$.Signal.User.Id",
+    "$.Signal.Timestamp",
+    "$.Signal.View.Uri",
+    "$.Signal.Action.Name",
+    "$.Signal.Name",
+]
+_TS = (
+    r"^(19|2\d)\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
 _URI = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
 _PRINTABLE = r"[!-~]"
 _INT = r"^(0|-?[1-9][0-9]{0,17})$"
@@ -72,8 +80,10 @@ def _json_path(prop: str) -> str:
 def _value(k: int) -> str:
     """SQL for the string value of JSON snippet ``s[k]`` (NULL unless it is a JSON string);
     only snippets with a backslash need unescaping."""
-    return (f"CASE WHEN starts_with(s[{k}], '\"') THEN (CASE WHEN contains(s[{k}], '\\') "
-            f"THEN json_extract_string(s[{k}], '$') ELSE s[{k}][2:-2] END) END")
+    return (
+        f"CASE WHEN starts_with(s[{k}], '\"') THEN (CASE WHEN contains(s[{k}], '\\') "
+        f"THEN json_extract_string(s[{k}], '$') ELSE s[{k}][2:-2] END) END"
+    )
 
 
 def _query(paths: list[str]) -> str:
@@ -89,8 +99,9 @@ def _query(paths: list[str]) -> str:
     values = ", ".join(f"{_value(k)} AS v{k}" for k in range(1, len(paths) + 1))
     has_text = {k: f"regexp_matches(v{k}, '{_PRINTABLE}')" for k in range(1, 7)}
     ids = " AND ".join(f"({has_text[k]} OR regexp_full_match(s[{k}], '{_INT}'))" for k in (1, 2))
-    prop_ok = "".join(f" AND (s[{k}] IS NULL OR s[{k}] = 'null' OR v{k} IS NOT NULL)"
-                      for k in range(7, 7 + n_props))
+    prop_ok = "".join(
+        f" AND (s[{k}] IS NULL OR s[{k}] = 'null' OR v{k} IS NOT NULL)" for k in range(7, 7 + n_props)
+    )
     prop_cols = "".join(f", CASE WHEN ok THEN v{7 + j} END AS p{j}" for j in range(n_props))
     return f"""
     WITH src AS (
@@ -135,9 +146,14 @@ def vectorized_check(block: RawBlock, spec: ActivitySpec) -> pa.Table:
     """The plainly valid lines of the block: their index ``i`` and extracted values."""
     n = len(block.payloads)
     paths = _REQUIRED_PATHS + [_json_path(p) for p in spec.properties]
-    lines = pa.Table.from_batches(pa.table({  # noqa: F841 (DuckDB scans it by name)
-        "i": pa.array(np.arange(n, dtype=np.int64)), "b": pa.array(block.payloads, pa.binary()),
-    }).to_batches(max_chunksize=_BATCH_ROWS))
+    lines = pa.Table.from_batches(
+        pa.table(
+            {  # noqa: F841 (DuckDB scans it by name)
+                "i": pa.array(np.arange(n, dtype=np.int64)),
+                "b": pa.array(block.payloads, pa.binary()),
+            }
+        ).to_batches(max_chunksize=_BATCH_ROWS)
+    )
     con = _connection()
     con.register("lines", lines)
     try:
@@ -156,9 +172,14 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     names: dict[str, int] = {}
     filtered = 0
     if spec.event_names is not None:
-        names = {v["values"]: v["counts"] for v in pc.value_counts(fast["name"]).to_pylist()
-                 if v["values"] is not None}
-        wanted = pc.fill_null(pc.is_in(fast["name"], value_set=pa.array(spec.event_names, pa.string())), False)
+        names = {
+            v["values"]: v["counts"]
+            for v in pc.value_counts(fast["name"]).to_pylist()
+            if v["values"] is not None
+        }
+        wanted = pc.fill_null(
+            pc.is_in(fast["name"], value_set=pa.array(spec.event_names, pa.string())), False
+        )
         filtered = fast.num_rows - pc.sum(wanted).as_py() if fast.num_rows else 0
         unwanted_idx = fast.filter(pc.invert(wanted))["i"]
         fast = fast.filter(wanted)
@@ -187,13 +208,26 @@ def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     fast_table = pa.table(columns).cast(schema)
 
     if not slow_idx and not block.unreadable:
-        return BlockResult(fast_table, [], n, filtered, present=present, names=keep_names(names, spec.event_names))
-    rest = RawBlock(block.source, block.rank, block.index, block.fmt,
-                    [block.positions[k] for k in slow_idx], [block.payloads[k] for k in slow_idx],
-                    unreadable=block.unreadable,
-                    malformed={j: block.malformed[k] for j, k in enumerate(slow_idx) if k in block.malformed})
+        return BlockResult(
+            fast_table, [], n, filtered, present=present, names=keep_names(names, spec.event_names)
+        )
+    rest = RawBlock(
+        block.source,
+        block.rank,
+        block.index,
+        block.fmt,
+        [block.positions[k] for k in slow_idx],
+        [block.payloads[k] for k in slow_idx],
+        unreadable=block.unreadable,
+        malformed={j: block.malformed[k] for j, k in enumerate(slow_idx) if k in block.malformed},
+    )
     slow = process_block_reference(rest, spec)
     table = pa.concat_tables([fast_table, slow.table]) if slow.table.num_rows else fast_table
-    return BlockResult(table, slow.dead_letters, m + filtered + slow.records_read,
-                       filtered + slow.filtered_out, present=add_counts(present, slow.present),
-                       names=keep_names(add_counts(names, slow.names), spec.event_names))
+    return BlockResult(
+        table,
+        slow.dead_letters,
+        m + filtered + slow.records_read,
+        filtered + slow.filtered_out,
+        present=add_counts(present, slow.present),
+        names=keep_names(add_counts(names, slow.names), spec.event_names),
+    )

@@ -260,7 +260,9 @@ def check_event(event: dict, properties: tuple[str, ...] = ()) -> Activity | Rej
             continue
         text = _as_text(value)
         if text is None:
-            kind = {dict: "an object", list: "an array", bool: "a boolean"}.get(type(value), type(value).__name__)
+            kind = {dict: "an object", list: "an array", bool: "a boolean"}.get(
+                type(value), type(value).__name__
+            )
             problems["invalid_type"].append(f"{name} is {kind}")
             continue
         texts[name] = text

@@ -16,7 +16,6 @@ ever deleted. The table format (:class:`~insights_link.lake.cdm.CdmFormat`) says
 object and the table documents look like; a second format is one new module.
 """
 
-
 from __future__ import annotations
 
 import gzip
@@ -154,7 +153,8 @@ class Lake:
                 if waited >= wait_seconds:
                     raise LakeBusy(
                         f"another run is writing to data source {self.data_source!r} "
-                        f"({exc}); waited {wait_seconds:g} s") from exc
+                        f"({exc}); waited {wait_seconds:g} s"
+                    ) from exc
                 if waited == 0:
                     logger.warning("waiting up to %g s for the lock: %s", wait_seconds, exc)
             time.sleep(poll_seconds)
@@ -202,8 +202,11 @@ class Lake:
             if "dead_letters" in cached:  # an index from before dead letters were tracked: rebuild
                 index = cached
         known = set(index["runs"])
-        new = [obj.key for obj in self.storage.list(self.key("_runs"))
-               if obj.key.endswith(".json") and obj.key.rsplit("/", 1)[-1][:-5] not in known]
+        new = [
+            obj.key
+            for obj in self.storage.list(self.key("_runs"))
+            if obj.key.endswith(".json") and obj.key.rsplit("/", 1)[-1][:-5] not in known
+        ]
         for key in new:
             report = json.loads(self.storage.read_bytes(key))
             index["runs"].append(report["run_id"])
@@ -226,7 +229,9 @@ class Lake:
         records of these input files, so re-reading a file (``--reprocess``, or a file that grew)
         does not dead-letter the same record twice. Call after :meth:`committed_inputs`."""
         wanted = set(sources)
-        runs = sorted({r for source in wanted for r in getattr(self, "_dead_letter_runs", {}).get(source, [])})
+        runs = sorted(
+            {r for source in wanted for r in getattr(self, "_dead_letter_runs", {}).get(source, [])}
+        )
         keys: set[tuple] = set()
         for run_id in runs:
             key = self.key("_deadletter", f"{run_id}.jsonl.gz")
@@ -253,8 +258,13 @@ class Lake:
         here is retried by the next run.
         """
         self.check_lock()
-        leftovers = sorted({obj.key.split("/")[2] for obj in self.storage.list(self.key("_staging"))
-                            if obj.key.count("/") >= 3})
+        leftovers = sorted(
+            {
+                obj.key.split("/")[2]
+                for obj in self.storage.list(self.key("_staging"))
+                if obj.key.count("/") >= 3
+            }
+        )
         if only is not None:
             leftovers = [r for r in leftovers if r == only]
         if not leftovers:
@@ -268,9 +278,11 @@ class Lake:
                 break
             self.check_lock()
             try:  # fence out the runs being undone: their manifest write now fails
-                self.storage.write_if(self.key(self.format.commit_file),
-                                      data if data is not None else self.format.render(self.data_source, {}),
-                                      version)
+                self.storage.write_if(
+                    self.key(self.format.commit_file),
+                    data if data is not None else self.format.render(self.data_source, {}),
+                    version,
+                )
                 break
             except PreconditionFailed:
                 logger.warning("the manifest changed during recovery; deciding again")
@@ -294,14 +306,20 @@ class Lake:
         """Write the run's "rolled back" report before undoing it, conditionally: a run without
         data that wakes up late then can't write its committed report. False when a report of
         the run already exists (it committed)."""
-        record: dict = {"run_id": run_id, "status": "rolled_back",
-                        "rolled_back_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        record: dict = {
+            "run_id": run_id,
+            "status": "rolled_back",
+            "rolled_back_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
         record_key = self.staging(run_id, COMMIT_RECORD)
         if self.storage.exists(record_key):
             record["abandoned"] = json.loads(self.storage.read_bytes(record_key))["locations"]
         try:
-            self.storage.write_if(self.key("_runs", f"{run_id}.json"),
-                                  (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"), None)
+            self.storage.write_if(
+                self.key("_runs", f"{run_id}.json"),
+                (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+                None,
+            )
         except PreconditionFailed:
             return not self._committed_report(self.key("_runs", f"{run_id}.json"))
         self._remember_abandoned(run_id, record.get("abandoned", []), record["rolled_back_at"])
@@ -321,12 +339,13 @@ class Lake:
         self._finish(run_id, report, letters)
 
     def _settle(self, run_id: str, referenced: set[str]) -> str:
-        """"committed" when the run's report says so, or the manifest references its files and
+        """ "committed" when the run's report says so, or the manifest references its files and
         its staged report exists; otherwise "rolled back"."""
         if self._committed_report(self.key("_runs", f"{run_id}.json")):
             return "committed"
         if any(run_of(loc) == run_id for loc in referenced) and self.storage.exists(
-                self.staging(run_id, "report.json")):
+            self.staging(run_id, "report.json")
+        ):
             return "committed"
         return "rolled back"
 
@@ -428,8 +447,10 @@ class Lake:
         self._check_fence()
         tables, _data, version = self.read_manifest()
         if version != self.planned_version:
-            raise CommitLost(f"another run committed to data source {self.data_source!r} since this "
-                             "run read it; nothing of this run was committed (run it again)")
+            raise CommitLost(
+                f"another run committed to data source {self.data_source!r} since this "
+                "run read it; nothing of this run was committed (run it again)"
+            )
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
         checkpoint("after_dead_letters")
         if files:
@@ -445,7 +466,9 @@ class Lake:
             self._write_entity_documents(tables, table_columns)
             for f in files:
                 held = tables[f["table"]]
-                (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
+                (held.incremental if f.get("kind") == "incremental" else held.partitions).append(
+                    f["location"]
+                )
             self._check_fence()
             checkpoint("before_manifest")
             self._write_manifest(tables, version, [f["location"] for f in files])
@@ -456,8 +479,9 @@ class Lake:
         try:
             self._finish(run_id, report_bytes, dead_letter_keys)
         except StorageError as exc:
-            raise CommitUnfinished(f"the run committed, but finishing it failed: {exc}; the next run "
-                                   "completes it") from exc
+            raise CommitUnfinished(
+                f"the run committed, but finishing it failed: {exc}; the next run completes it"
+            ) from exc
         return report
 
     def _write_first_report(self, run_id: str, report_bytes: bytes) -> None:
@@ -469,8 +493,10 @@ class Lake:
         except PreconditionFailed as exc:
             if self._committed_report(key):
                 return  # our own write landed (a retried request)
-            raise CommitLost(f"another run settled this run meanwhile ({exc}); nothing of this run was "
-                             "committed (run it again)") from exc
+            raise CommitLost(
+                f"another run settled this run meanwhile ({exc}); nothing of this run was "
+                "committed (run it again)"
+            ) from exc
         except StorageError as exc:
             if self._committed_report(key):
                 return
@@ -492,11 +518,13 @@ class Lake:
         try:
             self.check_lock()
         except LockLost as exc:
-            raise CommitLost(f"{exc}; nothing of this run was committed, and nothing of other runs "
-                             "was touched") from exc
+            raise CommitLost(
+                f"{exc}; nothing of this run was committed, and nothing of other runs was touched"
+            ) from exc
 
-    def _write_entity_documents(self, tables: dict[str, TableState],
-                                table_columns: dict[str, tuple[Column, ...]]) -> None:
+    def _write_entity_documents(
+        self, tables: dict[str, TableState], table_columns: dict[str, tuple[Column, ...]]
+    ) -> None:
         for name, columns in table_columns.items():
             for relative, doc in self.format.table_documents({name: columns}).items():
                 current, version = self.storage.read_versioned(self.key(relative))
@@ -504,8 +532,10 @@ class Lake:
                     continue
                 declared = self.format.declared_columns(lambda _r, data=current: data, name)
                 if current is not None and declared != [c.name for c in columns]:
-                    raise CommitLost(f"table {name!r} was redefined by another run meanwhile; nothing of "
-                                     "this run was committed")
+                    raise CommitLost(
+                        f"table {name!r} was redefined by another run meanwhile; nothing of "
+                        "this run was committed"
+                    )
                 self._check_fence()
                 try:
                     self.storage.write_if(self.key(relative), doc, version)
@@ -518,8 +548,9 @@ class Lake:
         """The commit point: one conditional write. When the storage fails around it, ask the
         manifest whether this run's files made it, and say so truthfully."""
         try:
-            self.storage.write_if(self.key(self.format.commit_file), self.format.render(self.data_source, tables),
-                                  version)
+            self.storage.write_if(
+                self.key(self.format.commit_file), self.format.render(self.data_source, tables), version
+            )
             return
         except PreconditionFailed as exc:
             failure: StorageError = exc
@@ -527,12 +558,15 @@ class Lake:
             failure = exc
         visible = self._visible(mine)
         if visible:
-            logger.warning("the manifest write reported %s, but this run's files are listed: committed",
-                           failure)
+            logger.warning(
+                "the manifest write reported %s, but this run's files are listed: committed", failure
+            )
             return
         if visible is None:
-            raise CommitUnknown(f"the commit point failed ({failure}) and the manifest can't be read "
-                                "to tell whether this run is visible; the next run settles it") from failure
+            raise CommitUnknown(
+                f"the commit point failed ({failure}) and the manifest can't be read "
+                "to tell whether this run is visible; the next run settles it"
+            ) from failure
         if isinstance(failure, PreconditionFailed):
             raise CommitLost(f"{failure}; nothing of this run was committed (run it again)") from failure
         raise failure
@@ -543,7 +577,9 @@ class Lake:
             try:
                 tables = self.read_tables()
             except StorageError as exc:
-                logger.warning("cannot read the manifest to check the commit (attempt %d): %s", attempt + 1, exc)
+                logger.warning(
+                    "cannot read the manifest to check the commit (attempt %d): %s", attempt + 1, exc
+                )
                 time.sleep(0.5 * (attempt + 1))
                 continue
             referenced = {loc for t in tables.values() for loc in t.all_locations()}
@@ -570,6 +606,9 @@ class Lake:
             return "committed"
         data = dict(report, status="failed")
         with suppress(PreconditionFailed):  # a takeover's "rolled back" report says enough
-            self.storage.write_if(self.key("_runs", f"{run_id}.json"),
-                                  (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"), None)
+            self.storage.write_if(
+                self.key("_runs", f"{run_id}.json"),
+                (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+                None,
+            )
         return "rolled back"

@@ -58,7 +58,7 @@ def run_of(location: str) -> str | None:
     """The run id in a partition file's name (``<Table>_<yyyymmdd>_<run>_<nnn>.parquet``)."""
     table = location.split("/", 1)[0]
     name = location.rsplit("/", 1)[-1]
-    stem = name[len(table) + 10:].removesuffix(".parquet")  # skip "<Table>_<yyyymmdd>_"
+    stem = name[len(table) + 10 :].removesuffix(".parquet")  # skip "<Table>_<yyyymmdd>_"
     return stem.rsplit("_", 1)[0] if name.startswith(table + "_") and "_" in stem else None
 
 
@@ -66,7 +66,7 @@ def date_of_partition(location: str) -> str | None:
     """The event date a partition file holds, from its name (``WebLog_20240501_...``)."""
     table = location.split("/", 1)[0]
     name = location.rsplit("/", 1)[-1]
-    digits = name[len(table) + 1: len(table) + 9]
+    digits = name[len(table) + 1 : len(table) + 9]
     if name.startswith(table + "_") and digits.isdigit():
         return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
     return None

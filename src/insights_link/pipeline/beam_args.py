@@ -59,7 +59,9 @@ def check_runner(options: PipelineOptions) -> None:
     try:
         runner = create_runner(name)
     except ValueError as exc:
-        raise UsageError(f"--runner {name!r} is not a runner Beam knows ({str(exc).splitlines()[0][:160]})") from None
+        raise UsageError(
+            f"--runner {name!r} is not a runner Beam knows ({str(exc).splitlines()[0][:160]})"
+        ) from None
     except ImportError as exc:
         extra = "gcp" if "dataflow" in name.lower() else "the runner's extras"
         raise UsageError(f"--runner {name} can't start here: {exc} (install apache-beam[{extra}])") from None

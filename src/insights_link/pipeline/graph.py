@@ -45,8 +45,14 @@ DEAD_LETTERS = "dead_letters"
 TALLIES = "tallies"
 
 
-COUNTS = ("records_read", "activities_written", "duplicates_dropped", "filtered_out", "filtered_by_name",
-          "dead_letters_already_recorded")
+COUNTS = (
+    "records_read",
+    "activities_written",
+    "duplicates_dropped",
+    "filtered_out",
+    "filtered_by_name",
+    "dead_letters_already_recorded",
+)
 #: per-table tallies that are counts by name (not part of the report's balance): decoded records
 #: holding each --property, and Signal.Name values seen (only with an event_names filter)
 PRESENT = "properties_present"
@@ -88,8 +94,9 @@ class MergeOutcomes(beam.CombineFn):
             if PRESENT in counts:
                 add_counts(total.setdefault(PRESENT, {}), counts[PRESENT])
             if NAMES_SEEN in counts:
-                total[NAMES_SEEN] = keep_names(add_counts(total.get(NAMES_SEEN, {}), counts[NAMES_SEEN]),
-                                               self.event_names.get(table))
+                total[NAMES_SEEN] = keep_names(
+                    add_counts(total.get(NAMES_SEEN, {}), counts[NAMES_SEEN]), self.event_names.get(table)
+                )
         acc["files"].extend(item.get("files", []))
         acc["dead_letter_files"].extend(item.get("dead_letter_files", []))
         acc["unreadable_inputs"].extend(item.get("unreadable_inputs", []))
@@ -164,10 +171,14 @@ class ValidateBlockFn(beam.DoFn):
             self.filtered.inc(result.filtered_out)
             for reason, count in rejected.items():
                 self.rejected[reason].inc(count)
-            tables[name] = {"records_read": result.records_read, "filtered_out": result.filtered_out,
-                            "filtered_by_name": result.filtered_out - result.outside_window,
-                            "rejected": dict(rejected), "dead_letters_already_recorded": 0,
-                            PRESENT: dict(result.present)}
+            tables[name] = {
+                "records_read": result.records_read,
+                "filtered_out": result.filtered_out,
+                "filtered_by_name": result.filtered_out - result.outside_window,
+                "rejected": dict(rejected),
+                "dead_letters_already_recorded": 0,
+                PRESENT: dict(result.present),
+            }
             if spec.event_names is not None:
                 tables[name][NAMES_SEEN] = dict(result.names)
             for letter in result.dead_letters:
@@ -192,7 +203,9 @@ class ValidateBlockFn(beam.DoFn):
         yield pvalue.TaggedOutput(TALLIES, tally)
         if dead:
             # Encoded here: a payload may hold invalid UTF-8 that no Beam coder carries as text.
-            yield pvalue.TaggedOutput(DEAD_LETTERS, (block.rank, block.index, len(dead), encode_dead_letters(dead)))
+            yield pvalue.TaggedOutput(
+                DEAD_LETTERS, (block.rank, block.index, len(dead), encode_dead_letters(dead))
+            )
 
 
 class SpillPieceFn(beam.DoFn):
@@ -213,8 +226,9 @@ class SpillPieceFn(beam.DoFn):
 
     def process(self, element):
         (table_name, day), (rank, index, rows) = element
-        key = staging_key(self.data_source, self.run_id, "pieces", table_name, day,
-                   f"{rank:06d}_{index:06d}.arrow")
+        key = staging_key(
+            self.data_source, self.run_id, "pieces", table_name, day, f"{rank:06d}_{index:06d}.arrow"
+        )
         write_piece(self.storage, key, rows)
         yield (table_name, day), key
 
@@ -223,8 +237,9 @@ class DedupeFn(beam.DoFn):
     """Read one (table, date) group's pieces; dedupe within the run and against that date's
     committed files."""
 
-    def __init__(self, lake_url: str, existing: dict[tuple[str, str], list[str]],
-                 existing_url: str | None = None) -> None:
+    def __init__(
+        self, lake_url: str, existing: dict[tuple[str, str], list[str]], existing_url: str | None = None
+    ) -> None:
         self.lake_url = lake_url
         self.existing = existing
         self.existing_url = existing_url or lake_url  # where committed files live (dry run: not staging)
@@ -233,7 +248,9 @@ class DedupeFn(beam.DoFn):
     def setup(self):
         exit_with_launcher()
         self.storage = open_storage(self.lake_url)
-        self.committed = self.storage if self.existing_url == self.lake_url else open_storage(self.existing_url)
+        self.committed = (
+            self.storage if self.existing_url == self.lake_url else open_storage(self.existing_url)
+        )
 
     def process(self, element):
         key, piece_keys = element
@@ -249,7 +266,9 @@ class DedupeFn(beam.DoFn):
 class WriteParquetFn(beam.DoFn):
     """Stage a (table, date) group as Parquet; the commit decides the final location."""
 
-    def __init__(self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int) -> None:
+    def __init__(
+        self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int
+    ) -> None:
         self.lake_url = lake_url
         self.data_source = data_source
         self.specs = specs
@@ -271,8 +290,9 @@ class WriteParquetFn(beam.DoFn):
             staged = staging_key(self.data_source, spec.run_id, "data", table_name, name)
             written += write_parquet(self.storage, staged, piece, self.schemas[table_name])
             checkpoint("after_staged_file")
-            files.append({"staged": staged, "name": name, "table": table_name, "date": day,
-                          "rows": piece.num_rows})
+            files.append(
+                {"staged": staged, "name": name, "table": table_name, "date": day, "rows": piece.num_rows}
+            )
         self.written.inc(written)
         self.files.inc(len(files))
         yield {"tables": {table_name: {"activities_written": written}}, "files": files}
@@ -291,8 +311,7 @@ class WriteDeadLettersFn(beam.DoFn):
 
     def process(self, element):
         rank, index, count, encoded = element
-        key = staging_key(self.data_source, self.run_id, "deadletter",
-                   f"{rank:06d}_{index:06d}.jsonl.gz")
+        key = staging_key(self.data_source, self.run_id, "deadletter", f"{rank:06d}_{index:06d}.jsonl.gz")
         self.storage.write_bytes(key, gzip.compress(encoded, compresslevel=1, mtime=0))
         self.dead_lettered.inc(count)
         yield {"dead_letter_files": [key]}
@@ -347,8 +366,14 @@ class DedupeActivities(beam.PTransform):
     Rows are spilled to staging per block first; only references go through the GroupByKey.
     """
 
-    def __init__(self, lake_url: str, data_source: str, run_id: str,
-                 existing: dict[tuple[str, str], list[str]], existing_url: str | None = None) -> None:
+    def __init__(
+        self,
+        lake_url: str,
+        data_source: str,
+        run_id: str,
+        existing: dict[tuple[str, str], list[str]],
+        existing_url: str | None = None,
+    ) -> None:
         super().__init__()
         self.lake_url = lake_url
         self.data_source = data_source
@@ -361,7 +386,8 @@ class DedupeActivities(beam.PTransform):
             keyed_rows
             | "SpillPieces" >> beam.ParDo(SpillPieceFn(self.lake_url, self.data_source, self.run_id))
             | "GroupByTableAndDate" >> beam.GroupByKey()
-            | "DropDuplicates" >> beam.ParDo(DedupeFn(self.lake_url, self.existing, self.existing_url)).with_outputs(
+            | "DropDuplicates"
+            >> beam.ParDo(DedupeFn(self.lake_url, self.existing, self.existing_url)).with_outputs(
                 TALLIES, main="rows"
             )
         )
@@ -370,7 +396,9 @@ class DedupeActivities(beam.PTransform):
 class WriteActivityFiles(beam.PTransform):
     """Stage one Parquet file per (table, date) (more when a date exceeds the row cap)."""
 
-    def __init__(self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int) -> None:
+    def __init__(
+        self, lake_url: str, data_source: str, specs: dict[str, ActivitySpec], max_rows: int
+    ) -> None:
         super().__init__()
         self.args = (lake_url, data_source, specs, max_rows)
 
@@ -392,7 +420,9 @@ class WriteDeadLetters(beam.PTransform):
 class SummarizeRun(beam.PTransform):
     """Merge every stage's outcome into the run's ``outcome.json`` in staging."""
 
-    def __init__(self, lake_url: str, key: str, event_names: dict[str, tuple[str, ...]] | None = None) -> None:
+    def __init__(
+        self, lake_url: str, key: str, event_names: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
         super().__init__()
         self.lake_url = lake_url
         self.key = key
@@ -414,9 +444,18 @@ class ExportActivities(beam.PTransform):
     ``existing`` live (default the same; a dry run stages into a temporary folder instead).
     """
 
-    def __init__(self, specs: dict[str, ActivitySpec], run_id: str, lake_url: str, data_source: str,
-                 existing: dict[tuple[str, str], list[str]], block_records: int, max_rows: int,
-                 recorded: frozenset[tuple] = frozenset(), existing_url: str | None = None) -> None:
+    def __init__(
+        self,
+        specs: dict[str, ActivitySpec],
+        run_id: str,
+        lake_url: str,
+        data_source: str,
+        existing: dict[tuple[str, str], list[str]],
+        block_records: int,
+        max_rows: int,
+        recorded: frozenset[tuple] = frozenset(),
+        existing_url: str | None = None,
+    ) -> None:
         super().__init__()
         self.existing_url = existing_url
         self.specs = specs
@@ -429,17 +468,25 @@ class ExportActivities(beam.PTransform):
         self.max_rows = max_rows
 
     def expand(self, files):
-        checked = files | "Read" >> ReadRawBlocks(self.block_records) | "Validate" >> ValidateAndMap(self.specs, self.recorded)
+        checked = (
+            files
+            | "Read" >> ReadRawBlocks(self.block_records)
+            | "Validate" >> ValidateAndMap(self.specs, self.recorded)
+        )
         deduped = checked.activities | "Dedupe" >> DedupeActivities(
-            self.lake_url, self.data_source, self.run_id, self.existing, self.existing_url)
+            self.lake_url, self.data_source, self.run_id, self.existing, self.existing_url
+        )
         written = deduped.rows | "Write" >> WriteActivityFiles(
-            self.lake_url, self.data_source, self.specs, self.max_rows)
+            self.lake_url, self.data_source, self.specs, self.max_rows
+        )
         dead = checked[DEAD_LETTERS] | "DeadLetters" >> WriteDeadLetters(
-            self.lake_url, self.data_source, self.run_id)
+            self.lake_url, self.data_source, self.run_id
+        )
         outcome_key = staging_key(self.data_source, self.run_id, "outcome.json")
         event_names = {name: spec.event_names for name, spec in self.specs.items() if spec.event_names}
         return (checked[TALLIES], deduped[TALLIES], written, dead) | "Summarize" >> SummarizeRun(
-            self.lake_url, outcome_key, event_names)
+            self.lake_url, outcome_key, event_names
+        )
 
 
 def counter_totals(result) -> Counter:

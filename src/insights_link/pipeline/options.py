@@ -103,9 +103,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``insights-link export`` parser, from the spec (help shows defaults and job keys)."""
     parser = _Parser(
-        prog="insights-link export", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="insights-link export",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export refined engagement events into a Customer Insights activity data source "
-                    "(CDM folder with Parquet partitions).", epilog=EPILOG)
+        "(CDM folder with Parquet partitions).",
+        epilog=EPILOG,
+    )
     for o in OPTIONS:
         notes = []
         if o.default_text():
@@ -130,8 +134,10 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
     given, rest = build_parser().parse_known_args(argv)
     unknown = unknown_beam_arguments(rest)
     if unknown:
-        raise UsageError(f"unknown argument(s): {' '.join(unknown)} "
-                         "(a typo, or an unquoted glob the shell expanded? quote globs)")
+        raise UsageError(
+            f"unknown argument(s): {' '.join(unknown)} "
+            "(a typo, or an unquoted glob the shell expanded? quote globs)"
+        )
     flags = {k: v for k, v in vars(given).items()}
     job = _load_job(flags.get("job"))
     settings: dict[str, Any] = {}
@@ -169,18 +175,28 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
     options = PipelineOptions(beam_args)
     check_runner(options)
     config = RunConfig(
-        output=output, data_source=settings.get("data_source") or BY_DEST["data_source"].default,
-        activities=activities, run_id=run_id, run_time=run_time,
-        input_format=settings.get("input_format"), reprocess=settings.get("reprocess", False),
-        layout=settings.get("layout", "full"), since=since, until=until,
+        output=output,
+        data_source=settings.get("data_source") or BY_DEST["data_source"].default,
+        activities=activities,
+        run_id=run_id,
+        run_time=run_time,
+        input_format=settings.get("input_format"),
+        reprocess=settings.get("reprocess", False),
+        layout=settings.get("layout", "full"),
+        since=since,
+        until=until,
         max_rejected_ratio=settings.get("max_rejected_ratio"),
         fail_on_unreadable=settings.get("fail_on_unreadable", False),
-        grant_read=tuple(settings.get("grant_read", ())), lock_wait=settings.get("lock_wait", DEFAULT_LOCK_WAIT),
+        grant_read=tuple(settings.get("grant_read", ())),
+        lock_wait=settings.get("lock_wait", DEFAULT_LOCK_WAIT),
         log_format=settings.get("log_format", "text"),
         max_rows_per_file=int(settings.get("max_rows_per_file", DEFAULT_MAX_ROWS_PER_FILE)),
         block_records=int(settings.get("block_records", DEFAULT_BLOCK_RECORDS)),
-        dry_run=settings.get("dry_run", False), quiet=settings.get("quiet", False),
-        verbose=settings.get("verbose", False), job=job.path if job else None, beam_args=beam_args,
+        dry_run=settings.get("dry_run", False),
+        quiet=settings.get("quiet", False),
+        verbose=settings.get("verbose", False),
+        job=job.path if job else None,
+        beam_args=beam_args,
         clock_fixed=settings.get("run_time") is not None,
     )
     return config, options
@@ -204,7 +220,8 @@ def _activities(job: Job | None, flags: dict) -> list[ActivityConfig]:
     if given and len(tables) > 1:
         raise UsageError(
             f"{', '.join('--' + k.replace('_', '-') for k in given)} can't override a job file "
-            f"with {len(tables)} activities; edit the job file instead")
+            f"with {len(tables)} activities; edit the job file instead"
+        )
     if not tables:
         if "input" not in given:
             raise UsageError("--input is required (or [[activity]] tables in a --job file)")
@@ -213,13 +230,15 @@ def _activities(job: Job | None, flags: dict) -> list[ActivityConfig]:
     for table in tables:
         values = dict(table)  # already checked by the job-file reader
         values.update(given)
-        out.append(ActivityConfig(
-            name=values.get("activity_name", BY_DEST["activity_name"].default),
-            activity_type=values.get("activity_type", BY_DEST["activity_type"].default),
-            inputs=tuple(values["input"]),
-            event_names=values.get("event_name"),
-            properties=tuple(values.get("property", ())),
-        ))
+        out.append(
+            ActivityConfig(
+                name=values.get("activity_name", BY_DEST["activity_name"].default),
+                activity_type=values.get("activity_type", BY_DEST["activity_type"].default),
+                inputs=tuple(values["input"]),
+                event_names=values.get("event_name"),
+                properties=tuple(values.get("property", ())),
+            )
+        )
     return out
 
 
@@ -231,8 +250,10 @@ def check_location(value: str, flag: str) -> None:
     would otherwise become local folders named ``gs:``)."""
     if "://" in value and not value.lower().startswith(_SCHEMES):
         scheme = value.split("://", 1)[0]
-        raise UsageError(f"{flag} {value!r}: {scheme}:// is not supported; use a local path or an Azure "
-                         "URL (abfss://<fs>@<account>.dfs.core.windows.net/<path>)")
+        raise UsageError(
+            f"{flag} {value!r}: {scheme}:// is not supported; use a local path or an Azure "
+            "URL (abfss://<fs>@<account>.dfs.core.windows.net/<path>)"
+        )
 
 
 def check_output(output: str) -> None:

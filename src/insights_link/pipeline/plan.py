@@ -17,8 +17,9 @@ def fingerprint(f: InputFile) -> str:
     return f"{f.source}|{f.size}|{f.modified}|{f.version}"
 
 
-def plan_inputs(files: list[InputFile], wanted: dict[tuple[str, str], tuple[str, ...]], state: LakeState,
-                reprocess: bool) -> tuple[list[tuple[InputFile, tuple[str, ...]]], list[dict]]:
+def plan_inputs(
+    files: list[InputFile], wanted: dict[tuple[str, str], tuple[str, ...]], state: LakeState, reprocess: bool
+) -> tuple[list[tuple[InputFile, tuple[str, ...]]], list[dict]]:
     """Which inputs to process for which activities; the report's ``inputs`` entries.
 
     A file is skipped for an activity that already committed it (same path, size, modified time and storage version: local inode and change time, the blob's ETag), so an activity added to a job later still reads the files others have committed.
@@ -28,8 +29,14 @@ def plan_inputs(files: list[InputFile], wanted: dict[tuple[str, str], tuple[str,
         activities = wanted[(f.root, f.key)]
         earlier = {a: state.committed_inputs.get(input_key(a, fingerprint(f))) for a in activities}
         todo = tuple(a for a in activities if reprocess or not earlier[a])
-        entry = {"source": f.source, "format": f.fmt, "size": f.size, "modified": f.modified,
-                 "fingerprint": fingerprint(f), "activities": list(todo)}
+        entry = {
+            "source": f.source,
+            "format": f.fmt,
+            "size": f.size,
+            "modified": f.modified,
+            "fingerprint": fingerprint(f),
+            "activities": list(todo),
+        }
         if todo:
             work.append((f, todo))
             entries.append(entry | {"status": "processed"})

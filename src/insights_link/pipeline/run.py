@@ -75,8 +75,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def run(argv: list[str] | None = None, clock: Clock = utc_now,
-        on_config: Callable[[RunConfig], None] | None = None) -> dict:
+def run(
+    argv: list[str] | None = None,
+    clock: Clock = utc_now,
+    on_config: Callable[[RunConfig], None] | None = None,
+) -> dict:
     """Run one export; returns the committed run report. Raises UsageError / RunFailed.
 
     ``clock`` is the run's injectable clock: it gives ``started_at``, LastUpdated, ``finished_at``
@@ -89,8 +92,10 @@ def run(argv: list[str] | None = None, clock: Clock = utc_now,
     if on_config is not None:
         on_config(config)
     if config.clock_fixed:
+
         def clock() -> datetime:
             return config.run_time
+
     files_by_activity, input_warnings = _resolve_all(config)
     try:
         lake = Lake(open_storage(config.output), config.data_source)
@@ -126,8 +131,10 @@ def _check_grant_read(lake: Lake) -> None:
     if check is None:
         raise UsageError("--grant-read sets ADLS Gen2 ACLs; the output is a local folder")
     if not check():
-        raise UsageError(f"--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
-                         f"{lake.storage.describe()} has none")
+        raise UsageError(
+            f"--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
+            f"{lake.storage.describe()} has none"
+        )
 
 
 @dataclasses.dataclass
@@ -146,8 +153,10 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
     """Check the run id and the tables' columns, and pick the inputs to read (only reads the
     lake, apart from the runs-index cache when ``cache``)."""
     if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")):
-        raise UsageError(f"--run-id {config.run_id!r} was already used in data source "
-                         f"{config.data_source!r}; run ids must be unique")
+        raise UsageError(
+            f"--run-id {config.run_id!r} was already used in data source "
+            f"{config.data_source!r}; run ids must be unique"
+        )
     try:
         state = lake.read_state(cache=cache)
     except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
@@ -158,34 +167,71 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
         if declared is not None and declared != [c.name for c in cols]:
             raise UsageError(
                 f"table {name!r} already has columns {declared}; this run would write "
-                f"{[c.name for c in cols]} (Customer Insights rejects a changed column set)")
-    all_files = sorted({(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
-                       key=lambda f: (f.root, f.key))
+                f"{[c.name for c in cols]} (Customer Insights rejects a changed column set)"
+            )
+    all_files = sorted(
+        {(f.root, f.key): f for fs in files_by_activity.values() for f in fs}.values(),
+        key=lambda f: (f.root, f.key),
+    )
     all_files = [dataclasses.replace(f, rank=rank) for rank, f in enumerate(all_files)]
     wanted: dict[tuple[str, str], tuple[str, ...]] = {}
     for name, fs in files_by_activity.items():
         for f in fs:
             wanted[(f.root, f.key)] = (*wanted.get((f.root, f.key), ()), name)
     work, entries = plan_inputs(all_files, wanted, state, config.reprocess)
-    specs = {a.name: ActivitySpec(a.name, a.activity_type, a.properties, config.run_id, config.run_time,
-                                  a.event_names, config.since, config.until) for a in config.activities}
+    specs = {
+        a.name: ActivitySpec(
+            a.name,
+            a.activity_type,
+            a.properties,
+            config.run_id,
+            config.run_time,
+            a.event_names,
+            config.since,
+            config.until,
+        )
+        for a in config.activities
+    }
     return _Plan(state, columns, all_files, work, entries, specs)
 
 
-def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
-                files_by_activity: dict[str, list[InputFile]], input_warnings: list[str], clock: Clock) -> dict:
+def _locked_run(
+    config: RunConfig,
+    options: PipelineOptions,
+    lake: Lake,
+    files_by_activity: dict[str, list[InputFile]],
+    input_warnings: list[str],
+    clock: Clock,
+) -> dict:
     lake.recover()
     lake.sweep_abandoned()
     plan = _plan(config, lake, files_by_activity, cache=True)
-    state, columns, all_files, work, entries, specs = (plan.state, plan.columns, plan.all_files, plan.work,
-                                                      plan.entries, plan.specs)
+    state, columns, all_files, work, entries, specs = (
+        plan.state,
+        plan.columns,
+        plan.all_files,
+        plan.work,
+        plan.entries,
+        plan.specs,
+    )
     report = {
-        "run_id": config.run_id, "status": "running", "started_at": _iso(clock()),
-        "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
-        "tables": sorted(specs), "inputs": entries, "warnings": list(input_warnings),
+        "run_id": config.run_id,
+        "status": "running",
+        "started_at": _iso(clock()),
+        "data_source": config.data_source,
+        "output": lake.describe(),
+        "layout": config.layout,
+        "tables": sorted(specs),
+        "inputs": entries,
+        "warnings": list(input_warnings),
     }
-    logger.info("run %s: %d input file(s), %d to process, %d skipped", config.run_id,
-                len(all_files), len(work), len(all_files) - len(work))
+    logger.info(
+        "run %s: %d input file(s), %d to process, %d skipped",
+        config.run_id,
+        len(all_files),
+        len(work),
+        len(all_files) - len(work),
+    )
     try:
         display = Progress(len(work), sum(f.size for f, _ in work), mode_for(config.quiet, config.log_format))
         with display:
@@ -201,8 +247,12 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         finished = clock()
         report["finished_at"] = _iso(finished)
         located = lake.locate(outcome["files"], config.layout, finished)
-        logger.info("committing %d file(s) and %d dead letter(s) to %s", len(located),
-                    sum(counts["rejected"].values()), lake.describe())
+        logger.info(
+            "committing %d file(s) and %d dead letter(s) to %s",
+            len(located),
+            sum(counts["rejected"].values()),
+            lake.describe(),
+        )
         report = lake.commit(config.run_id, report, located, outcome["dead_letter_files"], columns)
     except CommitUnfinished as exc:
         raise CommittedWithErrors(str(exc)) from exc
@@ -230,13 +280,21 @@ def _locked_run(config: RunConfig, options: PipelineOptions, lake: Lake,
         try:
             lake.storage.grant_read(lake.key(), list(config.grant_read))
         except StorageError as exc:
-            raise GrantFailed(f"the run committed, but --grant-read failed (re-run to grant again): {exc}") from exc
+            raise GrantFailed(
+                f"the run committed, but --grant-read failed (re-run to grant again): {exc}"
+            ) from exc
     return report
 
 
-def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state: LakeState,
-                  specs: dict[str, ActivitySpec], work: list[tuple[InputFile, tuple[str, ...]]],
-                  staging_url: str | None = None) -> dict:
+def _run_pipeline(
+    config: RunConfig,
+    options: PipelineOptions,
+    lake: Lake,
+    state: LakeState,
+    specs: dict[str, ActivitySpec],
+    work: list[tuple[InputFile, tuple[str, ...]]],
+    staging_url: str | None = None,
+) -> dict:
     """Run the Beam pipeline; its workers write below ``staging_url`` (default the lake) and read
     the lake's committed files for dedupe. Returns the merged outcome."""
     staging_url = staging_url or config.output
@@ -250,9 +308,18 @@ def _run_pipeline(config: RunConfig, options: PipelineOptions, lake: Lake, state
     _ = (
         p
         | "Inputs" >> beam.Create(work)
-        | "Export" >> ExportActivities(specs, config.run_id, staging_url, config.data_source, existing,
-                                       config.block_records, config.max_rows_per_file, recorded,
-                                       existing_url=config.output)
+        | "Export"
+        >> ExportActivities(
+            specs,
+            config.run_id,
+            staging_url,
+            config.data_source,
+            existing,
+            config.block_records,
+            config.max_rows_per_file,
+            recorded,
+            existing_url=config.output,
+        )
     )
     mark_launcher()
     result = p.run()
@@ -303,8 +370,14 @@ def _log_warnings(warnings: list[str]) -> None:
         logger.warning("%s", text)
 
 
-def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake,
-             files_by_activity: dict[str, list[InputFile]], input_warnings: list[str], clock: Clock) -> dict:
+def _dry_run(
+    config: RunConfig,
+    options: PipelineOptions,
+    lake: Lake,
+    files_by_activity: dict[str, list[InputFile]],
+    input_warnings: list[str],
+    clock: Clock,
+) -> dict:
     """Read, check and dedupe everything as a run would, and write nothing to the output.
 
     No lock, no recovery, no runs-index cache: the lake is only read. The pipeline stages into a
@@ -314,23 +387,43 @@ def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake,
     """
     plan = _plan(config, lake, files_by_activity, cache=False)
     report = {
-        "run_id": config.run_id, "status": "dry_run", "started_at": _iso(clock()),
-        "data_source": config.data_source, "output": lake.describe(), "layout": config.layout,
-        "tables": sorted(plan.specs), "inputs": plan.entries,
+        "run_id": config.run_id,
+        "status": "dry_run",
+        "started_at": _iso(clock()),
+        "data_source": config.data_source,
+        "output": lake.describe(),
+        "layout": config.layout,
+        "tables": sorted(plan.specs),
+        "inputs": plan.entries,
     }
-    unsettled = sorted({obj.key.split("/")[2] for obj in lake.storage.list(lake.key("_staging"))
-                        if obj.key.count("/") >= 3})
-    notes = [f"the data source holds {len(unsettled)} unsettled run(s) in _staging; a real run settles "
-             "them first, which can change what it skips and drops as duplicates"] if unsettled else []
-    logger.info("dry run %s: %d input file(s), %d to read, %d skipped; nothing is written to %s",
-                config.run_id, len(plan.all_files), len(plan.work), len(plan.all_files) - len(plan.work),
-                lake.describe())
+    unsettled = sorted(
+        {obj.key.split("/")[2] for obj in lake.storage.list(lake.key("_staging")) if obj.key.count("/") >= 3}
+    )
+    notes = (
+        [
+            f"the data source holds {len(unsettled)} unsettled run(s) in _staging; a real run settles "
+            "them first, which can change what it skips and drops as duplicates"
+        ]
+        if unsettled
+        else []
+    )
+    logger.info(
+        "dry run %s: %d input file(s), %d to read, %d skipped; nothing is written to %s",
+        config.run_id,
+        len(plan.all_files),
+        len(plan.work),
+        len(plan.all_files) - len(plan.work),
+        lake.describe(),
+    )
     work_dir = tempfile.mkdtemp(prefix="insights-link-dry-run-")
     try:
-        display = Progress(len(plan.work), sum(f.size for f, _ in plan.work),
-                           mode_for(config.quiet, config.log_format))
+        display = Progress(
+            len(plan.work), sum(f.size for f, _ in plan.work), mode_for(config.quiet, config.log_format)
+        )
         with display:
-            outcome = _run_pipeline(config, options, lake, plan.state, plan.specs, plan.work, staging_url=work_dir)
+            outcome = _run_pipeline(
+                config, options, lake, plan.state, plan.specs, plan.work, staging_url=work_dir
+            )
         examples = _examples(open_storage(work_dir), outcome["dead_letter_files"])
     except (StorageError, RunFailed, OSError, KeyboardInterrupt):
         raise
@@ -370,13 +463,19 @@ def _examples(staging, keys: list[str]) -> dict[str, list[dict]]:
             if len(shown) < EXAMPLES_PER_REASON:
                 payload = letter.get("payload")
                 text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-                shown.append({"source": letter["source"], "position": letter["position"],
-                              "detail": _clip(letter["detail"]), "payload": _clip(text)})
+                shown.append(
+                    {
+                        "source": letter["source"],
+                        "position": letter["position"],
+                        "detail": _clip(letter["detail"]),
+                        "payload": _clip(text),
+                    }
+                )
     return {reason: examples[reason] for reason in REASONS if reason in examples}
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS - 1] + "…"
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
 def _counts(outcome: dict, specs: dict[str, ActivitySpec]) -> dict:
@@ -399,18 +498,26 @@ def _counts(outcome: dict, specs: dict[str, ActivitySpec]) -> dict:
 
 def _check_balance(counts: dict) -> None:
     for name, c in counts["activities"].items():
-        accounted = c["activities_written"] + c["duplicates_dropped"] + sum(c["rejected"].values()) + c["filtered_out"]
+        accounted = (
+            c["activities_written"]
+            + c["duplicates_dropped"]
+            + sum(c["rejected"].values())
+            + c["filtered_out"]
+        )
         if accounted != c["records_read"]:
-            raise RunFailed(f"records of {name} do not balance: read {c['records_read']}, "
-                            f"accounted for {accounted}")
+            raise RunFailed(
+                f"records of {name} do not balance: read {c['records_read']}, accounted for {accounted}"
+            )
 
 
 def _check_unreadable(unreadable: list[dict], fail: bool) -> None:
     """With ``--fail-on-unreadable``, a file that could not be read to its end fails the run."""
     if fail and unreadable:
         names = ", ".join(sorted({u["source"] for u in unreadable}))
-        raise TooManyRejected(f"{len(unreadable)} input file(s) could not be read to their end ({names}) "
-                              "and --fail-on-unreadable is set; nothing was committed")
+        raise TooManyRejected(
+            f"{len(unreadable)} input file(s) could not be read to their end ({names}) "
+            "and --fail-on-unreadable is set; nothing was committed"
+        )
 
 
 def _check_rejected_ratio(counts: dict, limit: float | None) -> None:
@@ -426,7 +533,8 @@ def _check_rejected_ratio(counts: dict, limit: float | None) -> None:
     if reached and rejected / reached > limit:
         raise TooManyRejected(
             f"{rejected} of {reached} records were rejected ({rejected / reached:.1%}), more than "
-            f"--max-rejected-ratio {limit:g}; nothing was committed")
+            f"--max-rejected-ratio {limit:g}; nothing was committed"
+        )
 
 
 def _fail(lake: Lake, report: dict, config: RunConfig, exc: BaseException, clock: Clock) -> str | None:

@@ -113,8 +113,9 @@ def _number(value: Any, kind: str, name: str) -> float | int:
     try:
         number = int(value) if kind == "int" else float(value)
     except (TypeError, ValueError):
-        raise OptionError(f"{name} must be {'a whole number' if kind == 'int' else 'a number'}, "
-                          f"not {value!r}") from None
+        raise OptionError(
+            f"{name} must be {'a whole number' if kind == 'int' else 'a number'}, not {value!r}"
+        ) from None
     if kind == "int" and isinstance(value, float) and not value.is_integer():
         raise OptionError(f"{name} must be a whole number, not {value!r}")
     if number != number or number in (float("inf"), float("-inf")):
@@ -158,69 +159,214 @@ def _run_id(value: str, name: str) -> str:
     from insights_link.core.contract import MAX_NAME_LENGTH
 
     if len(value) > MAX_NAME_LENGTH or not all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in value):
-        raise OptionError(f"{name} {value[:40]!r} must be 1 to {MAX_NAME_LENGTH} ASCII letters, digits, "
-                          "'_' or '-'")
+        raise OptionError(
+            f"{name} {value[:40]!r} must be 1 to {MAX_NAME_LENGTH} ASCII letters, digits, '_' or '-'"
+        )
     return value
 
 
 OPTIONS: tuple[Option, ...] = (
     # -- what to read ------------------------------------------------------------------------
-    Option("--input", "inputs", "list", "file, folder or glob of exported events (local or abfss://); "
-           "repeatable", metavar="PATH", scope="activity"),
-    Option("--input-format", "input_format", "str", "read every input as this format instead of by "
-           "file extension", choices=FORMATS),
-    Option("--event-name", "event_names", "list", "keep only events with this Signal.Name "
-           "(repeatable; case-sensitive)", metavar="NAME", scope="activity"),
-    Option("--property", "properties", "list", "carry a further Signal property as a string column, "
-           "e.g. Signal.Session.Id (repeatable)", metavar="Signal.X.Y", scope="activity",
-           check=_signal_path),
-    Option("--since", "since", "time", "keep activities at or after this time (ISO 8601 or a plain "
-           "date, UTC)", metavar="TIME"),
-    Option("--until", "until", "time", "keep activities before this time (ISO 8601 or a plain date, "
-           "UTC)", metavar="TIME"),
-    Option("--reprocess", "reprocess", "bool", "read inputs again even if an earlier run committed "
-           "them", default=False),
+    Option(
+        "--input",
+        "inputs",
+        "list",
+        "file, folder or glob of exported events (local or abfss://); repeatable",
+        metavar="PATH",
+        scope="activity",
+    ),
+    Option(
+        "--input-format",
+        "input_format",
+        "str",
+        "read every input as this format instead of by file extension",
+        choices=FORMATS,
+    ),
+    Option(
+        "--event-name",
+        "event_names",
+        "list",
+        "keep only events with this Signal.Name (repeatable; case-sensitive)",
+        metavar="NAME",
+        scope="activity",
+    ),
+    Option(
+        "--property",
+        "properties",
+        "list",
+        "carry a further Signal property as a string column, e.g. Signal.Session.Id (repeatable)",
+        metavar="Signal.X.Y",
+        scope="activity",
+        check=_signal_path,
+    ),
+    Option(
+        "--since",
+        "since",
+        "time",
+        "keep activities at or after this time (ISO 8601 or a plain date, UTC)",
+        metavar="TIME",
+    ),
+    Option(
+        "--until",
+        "until",
+        "time",
+        "keep activities before this time (ISO 8601 or a plain date, UTC)",
+        metavar="TIME",
+    ),
+    Option(
+        "--reprocess",
+        "reprocess",
+        "bool",
+        "read inputs again even if an earlier run committed them",
+        default=False,
+    ),
     # -- where to write ----------------------------------------------------------------------
-    Option("--output", "output", "str", "LAKE_ROOT: a local folder or an abfss:// / https:// URL "
-           "(required)", metavar="LAKE_ROOT"),
-    Option("--data-source", "data_source", "str", "the data-source folder and manifest name",
-           default=DEFAULT_DATA_SOURCE, metavar="NAME", check=_name_rule),
-    Option("--activity-name", "name", "str", "the table (CDM entity) name; also EventActivity when "
-           "Signal.Name is absent", default=DEFAULT_ACTIVITY_NAME, metavar="NAME", scope="activity",
-           check=_name_rule),
-    Option("--activity-type", "type", "str", "the ActivityType column's value",
-           default=DEFAULT_ACTIVITY_TYPE, metavar="TYPE", scope="activity"),
-    Option("--layout", "layout", "str", "full: FullData folders by event date; incremental: "
-           "IncrementalData/<commit hour>/Upserts", default="full", choices=LAYOUTS),
-    Option("--max-rows-per-file", "max_rows_per_file", "int", "most rows in one Parquet file",
-           default=DEFAULT_MAX_ROWS_PER_FILE, metavar="N", minimum=1, maximum=1_000_000_000),
-    Option("--grant-read", "grant_read", "list", "ADLS Gen2 with a hierarchical namespace: let this "
-           "Entra object id read the data source (repeatable)", metavar="OBJECT_ID"),
+    Option(
+        "--output",
+        "output",
+        "str",
+        "LAKE_ROOT: a local folder or an abfss:// / https:// URL (required)",
+        metavar="LAKE_ROOT",
+    ),
+    Option(
+        "--data-source",
+        "data_source",
+        "str",
+        "the data-source folder and manifest name",
+        default=DEFAULT_DATA_SOURCE,
+        metavar="NAME",
+        check=_name_rule,
+    ),
+    Option(
+        "--activity-name",
+        "name",
+        "str",
+        "the table (CDM entity) name; also EventActivity when Signal.Name is absent",
+        default=DEFAULT_ACTIVITY_NAME,
+        metavar="NAME",
+        scope="activity",
+        check=_name_rule,
+    ),
+    Option(
+        "--activity-type",
+        "type",
+        "str",
+        "the ActivityType column's value",
+        default=DEFAULT_ACTIVITY_TYPE,
+        metavar="TYPE",
+        scope="activity",
+    ),
+    Option(
+        "--layout",
+        "layout",
+        "str",
+        "full: FullData folders by event date; incremental: IncrementalData/<commit hour>/Upserts",
+        default="full",
+        choices=LAYOUTS,
+    ),
+    Option(
+        "--max-rows-per-file",
+        "max_rows_per_file",
+        "int",
+        "most rows in one Parquet file",
+        default=DEFAULT_MAX_ROWS_PER_FILE,
+        metavar="N",
+        minimum=1,
+        maximum=1_000_000_000,
+    ),
+    Option(
+        "--grant-read",
+        "grant_read",
+        "list",
+        "ADLS Gen2 with a hierarchical namespace: let this Entra object id read the data source (repeatable)",
+        metavar="OBJECT_ID",
+    ),
     # -- how the run behaves -------------------------------------------------------------------
-    Option("--max-rejected-ratio", "max_rejected_ratio", "float", "fail (exit 3, nothing committed) "
-           "when a larger share of the records is rejected", metavar="R", minimum=0, maximum=1),
-    Option("--fail-on-unreadable", "fail_on_unreadable", "bool", "fail (exit 3, nothing committed) "
-           "when an input file can't be read to its end", default=False),
-    Option("--lock-wait", "lock_wait", "float", "seconds to wait while another run writes the same "
-           "data source (then exit 4)", default=DEFAULT_LOCK_WAIT, metavar="SECONDS", minimum=0,
-           maximum=7 * 24 * 3600),
-    Option("--dry-run", "dry_run", "bool", "read and check everything, print the summary with example "
-           "rejects, write nothing", default=False),
-    Option("--run-id", "run_id", "str", "the run's id, unique per data source (default: UTC time + "
-           "random suffix)", metavar="ID", check=_run_id),
-    Option("--run-time", "run_time", "time", "the run's clock: LastUpdated, reports, the incremental "
-           "commit hour (default: now)", metavar="TIME"),
-    Option("--block-records", "block_records", "int", "records per block a worker handles at once",
-           default=DEFAULT_BLOCK_RECORDS, metavar="N", minimum=1, maximum=10_000_000),
+    Option(
+        "--max-rejected-ratio",
+        "max_rejected_ratio",
+        "float",
+        "fail (exit 3, nothing committed) when a larger share of the records is rejected",
+        metavar="R",
+        minimum=0,
+        maximum=1,
+    ),
+    Option(
+        "--fail-on-unreadable",
+        "fail_on_unreadable",
+        "bool",
+        "fail (exit 3, nothing committed) when an input file can't be read to its end",
+        default=False,
+    ),
+    Option(
+        "--lock-wait",
+        "lock_wait",
+        "float",
+        "seconds to wait while another run writes the same data source (then exit 4)",
+        default=DEFAULT_LOCK_WAIT,
+        metavar="SECONDS",
+        minimum=0,
+        maximum=7 * 24 * 3600,
+    ),
+    Option(
+        "--dry-run",
+        "dry_run",
+        "bool",
+        "read and check everything, print the summary with example rejects, write nothing",
+        default=False,
+    ),
+    Option(
+        "--run-id",
+        "run_id",
+        "str",
+        "the run's id, unique per data source (default: UTC time + random suffix)",
+        metavar="ID",
+        check=_run_id,
+    ),
+    Option(
+        "--run-time",
+        "run_time",
+        "time",
+        "the run's clock: LastUpdated, reports, the incremental commit hour (default: now)",
+        metavar="TIME",
+    ),
+    Option(
+        "--block-records",
+        "block_records",
+        "int",
+        "records per block a worker handles at once",
+        default=DEFAULT_BLOCK_RECORDS,
+        metavar="N",
+        minimum=1,
+        maximum=10_000_000,
+    ),
     # -- output of the command itself ----------------------------------------------------------
-    Option("--log-format", "log_format", "str", "json: JSON log lines on stderr and the run report "
-           "as the last stdout line", default="text", choices=("text", "json")),
-    Option("--quiet", "quiet", "bool", "no progress display and no INFO log lines (warnings, errors "
-           "and the summary stay)", default=False),
-    Option("--verbose", "verbose", "bool", "debug log lines, including Beam's and the Azure SDK's",
-           default=False),
-    Option("--job", "job", "str", "TOML job file with the run's settings and [[activity]] tables "
-           "(flags override it)", metavar="JOB.toml", job=False),
+    Option(
+        "--log-format",
+        "log_format",
+        "str",
+        "json: JSON log lines on stderr and the run report as the last stdout line",
+        default="text",
+        choices=("text", "json"),
+    ),
+    Option(
+        "--quiet",
+        "quiet",
+        "bool",
+        "no progress display and no INFO log lines (warnings, errors and the summary stay)",
+        default=False,
+    ),
+    Option(
+        "--verbose", "verbose", "bool", "debug log lines, including Beam's and the Azure SDK's", default=False
+    ),
+    Option(
+        "--job",
+        "job",
+        "str",
+        "TOML job file with the run's settings and [[activity]] tables (flags override it)",
+        metavar="JOB.toml",
+        job=False,
+    ),
 )
 
 BY_DEST = {o.dest: o for o in OPTIONS}
@@ -238,6 +384,8 @@ def markdown_table() -> str:
         flag = f"`{o.flag}{' ' + shown if shown else ''}`".replace("|", "\\|")  # a bare | splits the cell
         key = "" if not o.job else (f"`[[activity]] {o.key}`" if o.scope == "activity" else f"`{o.key}`")
         rows.append(f"| {flag} | {key} | {o.default_text()} | {o.help} |")
-    rows.append("| any Apache Beam option | `pipeline_options` (a list) | | e.g. `--runner`, "
-                "`--direct_running_mode=multi_processing`, `--direct_num_workers=2` |")
+    rows.append(
+        "| any Apache Beam option | `pipeline_options` (a list) | | e.g. `--runner`, "
+        "`--direct_running_mode=multi_processing`, `--direct_num_workers=2` |"
+    )
     return "\n".join(rows)

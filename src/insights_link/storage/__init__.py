@@ -15,8 +15,19 @@ from insights_link.storage.base import (
     StorageError,
 )
 
-__all__ = ["CredentialsError", "LockBusy", "LockHandle", "LockLost", "ObjectInfo", "PreconditionFailed", "Storage", "StorageError",
-           "is_remote", "join", "open_storage"]
+__all__ = [
+    "CredentialsError",
+    "LockBusy",
+    "LockHandle",
+    "LockLost",
+    "ObjectInfo",
+    "PreconditionFailed",
+    "Storage",
+    "StorageError",
+    "is_remote",
+    "join",
+    "open_storage",
+]
 
 
 def open_storage(url: str) -> Storage:

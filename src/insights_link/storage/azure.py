@@ -179,9 +179,7 @@ def parse_url(url: str) -> AzureLocation:
         raise bad(f"host {host!r} is not <account>.dfs.<suffix> or <account>.blob.<suffix>")
     account = match["account"]
     if not _ACCOUNT_RE.match(account):
-        raise bad(
-            f"account name {account!r} must be 3-24 lowercase letters and digits", forms=False
-        )
+        raise bad(f"account name {account!r} must be 3-24 lowercase letters and digits", forms=False)
     if not file_system:
         raise bad("the file system (container) name is missing")
     if not _CONTAINER_RE.match(file_system):
@@ -488,9 +486,7 @@ def to_storage_error(
     status = getattr(exc, "status_code", None)
     code = _error_code(exc) if isinstance(exc, AzureError) else ""
     cred = f" [credentials: {credential}]" if credential else ""
-    gave_up = (
-        f"; gave up after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
-    )
+    gave_up = f"; gave up after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
     from azure.identity import CredentialUnavailableError
 
     credentials_problem = (
@@ -581,9 +577,7 @@ def _connect(
             service = BlobServiceClient.from_connection_string(conn, **blob_kwargs)
         except ValueError as exc:
             _scrub_exception(exc)
-            raise StorageError(
-                f"{ENV_CONNECTION_STRING} is malformed; cannot open {location.url}"
-            ) from exc
+            raise StorageError(f"{ENV_CONNECTION_STRING} is malformed; cannot open {location.url}") from exc
         if (service.account_name or "").lower() != location.account:
             raise StorageError(
                 f"{location.url} names account {location.account!r} but "
@@ -636,9 +630,7 @@ def _is_folder(metadata: dict[str, str] | None) -> bool:
 
 
 def _union_permissions(a: str, b: str) -> str:
-    return "".join(
-        x if x != "-" else y for x, y in zip(a.ljust(3, "-"), b.ljust(3, "-"), strict=False)
-    )
+    return "".join(x if x != "-" else y for x, y in zip(a.ljust(3, "-"), b.ljust(3, "-"), strict=False))
 
 
 def merge_acl(acl: str, grants: dict[str, str]) -> str:
@@ -653,9 +645,7 @@ def merge_acl(acl: str, grants: dict[str, str]) -> str:
     for entry in entries:
         fields = entry.split(":")
         if len(fields) == 3 and fields[0] == "user" and fields[1] in wanted:
-            merged.append(
-                f"user:{fields[1]}:{_union_permissions(fields[2], wanted.pop(fields[1]))}"
-            )
+            merged.append(f"user:{fields[1]}:{_union_permissions(fields[2], wanted.pop(fields[1]))}")
         elif len(fields) == 3 and fields[0] == "mask":
             merged.append(f"mask::{_union_permissions(fields[2], needed)}")
         else:
@@ -819,8 +809,9 @@ class AzureStorage:
                 ):
                     if not _is_folder(blob.metadata):
                         found.append(
-                            ObjectInfo(self._key(blob.name), blob.size, blob.last_modified,
-                                       str(blob.etag or ""))
+                            ObjectInfo(
+                                self._key(blob.name), blob.size, blob.last_modified, str(blob.etag or "")
+                            )
                         )
             except ResourceNotFoundError:
                 return []  # no file system yet: an empty lake
@@ -864,12 +855,18 @@ class AzureStorage:
         if version is None:
             conditions: dict[str, Any] = {"overwrite": False}
         else:
-            conditions = {"overwrite": True, "etag": version, "match_condition": MatchConditions.IfNotModified}
+            conditions = {
+                "overwrite": True,
+                "etag": version,
+                "match_condition": MatchConditions.IfNotModified,
+            }
         with self._azure_errors("write", key):
             try:
                 result = blob.upload_blob(bytes(data), length=len(data), **conditions)
             except ResourceExistsError as exc:
-                raise PreconditionFailed(f"{self.describe(key)} was created by another run meanwhile") from exc
+                raise PreconditionFailed(
+                    f"{self.describe(key)} was created by another run meanwhile"
+                ) from exc
             except ResourceModifiedError as exc:
                 raise PreconditionFailed(f"{self.describe(key)} changed since this run read it") from exc
             except HttpResponseError as exc:
@@ -941,8 +938,7 @@ class AzureStorage:
                 with contextlib.suppress(HttpResponseError):
                     target.abort_copy(str(result.get("copy_id")))
                 raise StorageError(
-                    f"copying {self.describe(src)} did not finish within "
-                    f"{COPY_TIMEOUT_SECONDS:.0f} s"
+                    f"copying {self.describe(src)} did not finish within {COPY_TIMEOUT_SECONDS:.0f} s"
                 )
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
@@ -978,9 +974,7 @@ class AzureStorage:
                 self._delete_name(name)
             if folder:
                 with contextlib.suppress(ResourceNotFoundError):
-                    if _is_folder(
-                        self._container.get_blob_client(folder).get_blob_properties().metadata
-                    ):
+                    if _is_folder(self._container.get_blob_client(folder).get_blob_properties().metadata):
                         self._delete_name(folder)
         logger.info("deleted %d objects below %s", len(files), self.describe(prefix))
 
@@ -1020,9 +1014,7 @@ class AzureStorage:
         ids = [o.strip() for o in object_ids if o.strip()]
         bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
         if bad:
-            raise StorageError(
-                f"--grant-read takes Entra object ids (GUIDs); not one: {', '.join(bad)}"
-            )
+            raise StorageError(f"--grant-read takes Entra object ids (GUIDs); not one: {', '.join(bad)}")
         if not ids:
             return
         if not self.is_hns_enabled():

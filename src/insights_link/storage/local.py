@@ -49,8 +49,10 @@ def _flock_within(fd: int, what: str, seconds: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise StorageError(f"another process has held the commit lock on {what} for {seconds:g} s "
-                                   "(frozen in the middle of a commit?); nothing was written, run again") from None
+                raise StorageError(
+                    f"another process has held the commit lock on {what} for {seconds:g} s "
+                    "(frozen in the middle of a commit?); nothing was written, run again"
+                ) from None
             time.sleep(0.05)
 
 
@@ -101,8 +103,9 @@ class LocalStorage:
             return None
         if not os.path.isfile(self._path(key)):
             return None
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC),
-                          f"{st.st_ino}:{st.st_ctime_ns}")
+        return ObjectInfo(
+            key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC), f"{st.st_ino}:{st.st_ctime_ns}"
+        )
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
@@ -181,7 +184,8 @@ class LocalStorage:
                 current = None
             if current != version:
                 raise PreconditionFailed(
-                    f"{path} changed since this run read it (another run committed meanwhile)")
+                    f"{path} changed since this run read it (another run committed meanwhile)"
+                )
             self.write_bytes(key, data)
             os.fsync(dir_fd)
             return _local_version(os.stat(path))

@@ -35,9 +35,13 @@ class Skipped:
     names: tuple[str, ...]  # relative to the folder or the glob's fixed base, sorted
 
     def warning(self) -> str:
-        shown = ", ".join(self.names[:SKIPPED_EXAMPLES]) + (", ..." if len(self.names) > SKIPPED_EXAMPLES else "")
-        return (f"skipped {len(self.names)} file{'s' if len(self.names) != 1 else ''} of unsupported types "
-                f"in {self.value}: {shown}")
+        shown = ", ".join(self.names[:SKIPPED_EXAMPLES]) + (
+            ", ..." if len(self.names) > SKIPPED_EXAMPLES else ""
+        )
+        return (
+            f"skipped {len(self.names)} file{'s' if len(self.names) != 1 else ''} of unsupported types "
+            f"in {self.value}: {shown}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +67,10 @@ def resolve_inputs(values: list[str], input_format: str | None = None) -> Resolv
     skipped: list[Skipped] = []
     for value in values:
         unsupported: list[str] = []
-        matches = _resolve_remote(value, input_format, unsupported) if is_remote(value) else _resolve_local(
-            value, input_format, unsupported
+        matches = (
+            _resolve_remote(value, input_format, unsupported)
+            if is_remote(value)
+            else _resolve_local(value, input_format, unsupported)
         )
         if not matches:
             logger.info("input %s holds no supported input file", value)
@@ -92,8 +98,10 @@ def _walk_files(folder: str) -> list[str]:
     for dirpath, dirs, names in os.walk(folder):
         for d in dirs:
             if os.path.islink(os.path.join(dirpath, d)):
-                logger.warning("input: skipping %s: a symbolic link to a folder is not followed",
-                               os.path.join(dirpath, d))
+                logger.warning(
+                    "input: skipping %s: a symbolic link to a folder is not followed",
+                    os.path.join(dirpath, d),
+                )
         files.extend(os.path.join(dirpath, n) for n in names)
     return files
 
@@ -135,8 +143,10 @@ def _resolve_local(value: str, input_format: str | None, unsupported: list[str])
         if is_hidden(relative.replace(os.sep, "/")):
             continue  # hidden and bookkeeping files and folders (a lake's _runs, manifests, ...)
         if os.path.realpath(candidate) != os.path.join(real_base, relative):
-            logger.warning("input: skipping %s: it is a symbolic link (or below one); name it as "
-                           "--input to read it", candidate)
+            logger.warning(
+                "input: skipping %s: it is a symbolic link (or below one); name it as --input to read it",
+                candidate,
+            )
             continue
         key = candidate.lstrip("/").replace(os.sep, "/")
         fmt = _pick_format(key, False, input_format, value)
@@ -181,13 +191,14 @@ def _resolve_remote(value: str, input_format: str | None, unsupported: list[str]
         if not infos:
             raise InputError(f"--input {value!r} does not exist")
     for info in infos:
-        relative = info.key[len(prefix):] if prefix and info.key.startswith(prefix + "/") else info.key
+        relative = info.key[len(prefix) :] if prefix and info.key.startswith(prefix + "/") else info.key
         if not explicit and is_hidden(relative):
             continue
         fmt = _pick_format(info.key, explicit, input_format, value)
         if fmt:
-            files.append(InputFile(root, info.key, fmt, info.size, info.modified.isoformat(),
-                                   version=info.version))
+            files.append(
+                InputFile(root, info.key, fmt, info.size, info.modified.isoformat(), version=info.version)
+            )
         else:
             unsupported.append(relative.lstrip("/"))
     return files

@@ -20,15 +20,23 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv", "avro")
 _EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".json.gz": "jsonl",
-    ".csv": "csv", ".csv.gz": "csv", ".avro": "avro",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson.gz": "jsonl",
+    ".json.gz": "jsonl",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".avro": "avro",
 }
 DEFAULT_BLOCK_RECORDS = 100_000
 
 #: format name -> the function turning a binary stream into reader batches
 READERS: dict[str, Callable[[BinaryIO], Iterator[Batch]]] = {
-    "jsonl": jsonl.batches, "csv": csv.batches, "avro": avro.batches,
+    "jsonl": jsonl.batches,
+    "csv": csv.batches,
+    "avro": avro.batches,
 }
 
 
@@ -41,8 +49,9 @@ def format_of(key: str) -> str | None:
     return None
 
 
-def read_blocks(f: InputFile, open_raw: Callable[[], BinaryIO],
-                block_records: int = DEFAULT_BLOCK_RECORDS) -> Iterator[RawBlock]:
+def read_blocks(
+    f: InputFile, open_raw: Callable[[], BinaryIO], block_records: int = DEFAULT_BLOCK_RECORDS
+) -> Iterator[RawBlock]:
     """Stream ``f`` as blocks; a file that breaks mid-way yields a final ``unreadable`` marker
     whose detail names the file and the last good position."""
     reader = READERS[f.fmt]
@@ -58,8 +67,8 @@ def read_blocks(f: InputFile, open_raw: Callable[[], BinaryIO],
                     for k, detail in malformed.items():
                         if start <= k < start + take:
                             block.malformed[len(block.payloads) + k - start] = detail
-                    block.positions.extend(positions[start:start + take])
-                    block.payloads.extend(payloads[start:start + take])
+                    block.positions.extend(positions[start : start + take])
+                    block.payloads.extend(payloads[start : start + take])
                     start += take
                     if len(block.payloads) >= block_records:
                         yield block

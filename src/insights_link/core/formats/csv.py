@@ -102,9 +102,13 @@ def _csv_records(stream) -> Iterator[tuple[int, list[str], list[str], str | None
         if isinstance(line, LongLine):
             yield record, _malformed_cells(header, _text(line.payload(limit))), header, line.detail(limit)
         else:
-            yield (record, _malformed_cells(header, _text(line).rstrip("\r\n")), header,
-                   f"malformed: not valid CSV ({parsed}); only this line was rejected, reading resumed "
-                   "at the next line")
+            yield (
+                record,
+                _malformed_cells(header, _text(line).rstrip("\r\n")),
+                header,
+                f"malformed: not valid CSV ({parsed}); only this line was rejected, reading resumed "
+                "at the next line",
+            )
 
 
 def _rows_one_per_line(lines: list[bytes | LongLine]) -> list[list[str]] | None:
@@ -118,8 +122,9 @@ def _rows_one_per_line(lines: list[bytes | LongLine]) -> list[list[str]] | None:
     return rows if len(rows) == len(lines) else None
 
 
-def _next_row(line: bytes | LongLine, next_line: Callable[[], bytes | LongLine | None],
-              handed_back: deque, limit: int) -> list[str] | str:
+def _next_row(
+    line: bytes | LongLine, next_line: Callable[[], bytes | LongLine | None], handed_back: deque, limit: int
+) -> list[str] | str:
     """The row starting at ``line`` (reading more lines while a quote is open), or why there is
     none; lines read ahead for a record that fails go back to ``handed_back``."""
     if isinstance(line, LongLine):

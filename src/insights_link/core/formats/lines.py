@@ -38,8 +38,9 @@ def max_record_bytes() -> int:
         return MAX_RECORD_BYTES
     if value.isdigit() and int(value) > 0:
         return int(value)
-    logger.warning("%s=%r is not a positive byte count; using %d", MAX_RECORD_BYTES_ENV, value,
-                   MAX_RECORD_BYTES)
+    logger.warning(
+        "%s=%r is not a positive byte count; using %d", MAX_RECORD_BYTES_ENV, value, MAX_RECORD_BYTES
+    )
     return MAX_RECORD_BYTES
 
 
@@ -101,8 +102,8 @@ class Unfinished:
                 self.long.blank = False
         elif self.size + len(piece) > self.limit:
             blank = all(is_blank(p) for p in self.pieces) and is_blank(piece)
-            prefix = b"".join([p[:PREFIX_BYTES + 4] for p in self.pieces] + [piece[:PREFIX_BYTES + 4]])
-            self.long = LongLine(prefix[:PREFIX_BYTES + 4], self.size + len(piece), blank)
+            prefix = b"".join([p[: PREFIX_BYTES + 4] for p in self.pieces] + [piece[: PREFIX_BYTES + 4]])
+            self.long = LongLine(prefix[: PREFIX_BYTES + 4], self.size + len(piece), blank)
             self.pieces, self.size = [], 0
         else:
             self.pieces.append(piece)
@@ -143,7 +144,7 @@ BOM = b"\xef\xbb\xbf"
 
 
 def long_line(line: bytes) -> LongLine:
-    return LongLine(line[:PREFIX_BYTES + 4], len(line), is_blank(line))
+    return LongLine(line[: PREFIX_BYTES + 4], len(line), is_blank(line))
 
 
 BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")  # a literal first byte keeps the scan fast
