@@ -51,6 +51,28 @@ def event(
     return {"Signal": signal}
 
 
+def signal_avro_schema(timestamp_type="string", with_name: bool = True) -> dict:
+    """The Avro schema of a nested refined event (Signal.Export.Id, ...; Signal.Name optional)."""
+
+    def rec(name, field):
+        return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
+
+    fields = [
+        {"name": "Export", "type": rec("ExportRecord", "Id")},
+        {"name": "User", "type": rec("UserRecord", "Id")},
+        {"name": "Timestamp", "type": timestamp_type},
+        {"name": "View", "type": rec("ViewRecord", "Uri")},
+        {"name": "Action", "type": rec("ActionRecord", "Name")},
+    ]
+    if with_name:
+        fields.append({"name": "Name", "type": ["null", "string"], "default": None})
+    return {
+        "type": "record",
+        "name": "Event",
+        "fields": [{"name": "Signal", "type": {"type": "record", "name": "SignalRecord", "fields": fields}}],
+    }
+
+
 def write_jsonl(path: Path, records, gz: bool = False) -> Path:
     """Write records (dicts, or str lines written as they are) as JSON lines."""
     text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)

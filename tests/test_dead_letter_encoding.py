@@ -21,7 +21,7 @@ import duckdb
 import fastavro
 import pytest
 
-from conftest import event, read_activities, run_cli
+from conftest import event, read_activities, run_cli, signal_avro_schema
 
 RUN = ("--run-time", "2026-01-01T00:00:00Z", "--run-id", "r1")
 
@@ -58,30 +58,9 @@ CSV_BAD_ROW = b"c1,u\xe9\xff,2024-05-01T10:00:00Z,https://contoso.com/c,Click"
 
 
 def _avro_schema() -> dict:
-    def rec(name, field):
-        return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-
-    return {
-        "type": "record",
-        "name": "Event",
-        "fields": [
-            {
-                "name": "Signal",
-                "type": {
-                    "type": "record",
-                    "name": "SignalRecord",
-                    "fields": [
-                        {"name": "Export", "type": rec("ExportRecord", "Id")},
-                        {"name": "User", "type": rec("UserRecord", "Id")},
-                        {"name": "Timestamp", "type": "string"},
-                        {"name": "View", "type": rec("ViewRecord", "Uri")},
-                        {"name": "Action", "type": rec("ActionRecord", "Name")},
-                    ],
-                },
-            },
-            {"name": "Score", "type": "double"},
-        ],
-    }
+    """The event schema plus a top-level double (NaN and infinities must not break the JSON)."""
+    schema = signal_avro_schema(with_name=False)
+    return dict(schema, fields=[*schema["fields"], {"name": "Score", "type": "double"}])
 
 
 @pytest.fixture(scope="module")

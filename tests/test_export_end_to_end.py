@@ -23,6 +23,7 @@ from conftest import (
     read_activities,
     run_cli,
     run_reports,
+    signal_avro_schema,
 )
 
 NOT_JSON = '{"Signal": {"Export": {"Id": "broken"'
@@ -74,30 +75,7 @@ ALL = JSONL_A + JSONL_B + CSV_ROWS + AVRO_NESTED + CAPTURE
 
 
 def _signal_schema():
-    def rec(name, field):
-        return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-
-    return {
-        "type": "record",
-        "name": "Event",
-        "fields": [
-            {
-                "name": "Signal",
-                "type": {
-                    "type": "record",
-                    "name": "SignalRecord",
-                    "fields": [
-                        {"name": "Export", "type": rec("ExportRecord", "Id")},
-                        {"name": "User", "type": rec("UserRecord", "Id")},
-                        {"name": "Timestamp", "type": "string"},
-                        {"name": "View", "type": rec("ViewRecord", "Uri")},
-                        {"name": "Action", "type": rec("ActionRecord", "Name")},
-                        {"name": "Name", "type": ["null", "string"], "default": None},
-                    ],
-                },
-            }
-        ],
-    }
+    return signal_avro_schema()
 
 
 CAPTURE_SCHEMA = {

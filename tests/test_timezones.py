@@ -22,7 +22,14 @@ import duckdb
 import fastavro
 import pytest
 
-from conftest import dead_letters, event, manifest_locations, parquet_files, read_activities
+from conftest import (
+    dead_letters,
+    event,
+    manifest_locations,
+    parquet_files,
+    read_activities,
+    signal_avro_schema,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TZS = ["UTC", "Asia/Tokyo", "America/New_York", "Australia/Lord_Howe", "Pacific/Kiritimati"]
@@ -102,30 +109,7 @@ EXPECTED = {aid: expected_time(v) for group in [*CASES.values(), FLAT] for aid, 
 
 
 def _signal_schema(timestamp_type) -> dict:
-    def rec(name, field):
-        return {"type": "record", "name": name, "fields": [{"name": field, "type": "string"}]}
-
-    return {
-        "type": "record",
-        "name": "Event",
-        "fields": [
-            {
-                "name": "Signal",
-                "type": {
-                    "type": "record",
-                    "name": "SignalRecord",
-                    "fields": [
-                        {"name": "Export", "type": rec("ExportRecord", "Id")},
-                        {"name": "User", "type": rec("UserRecord", "Id")},
-                        {"name": "Timestamp", "type": timestamp_type},
-                        {"name": "View", "type": rec("ViewRecord", "Uri")},
-                        {"name": "Action", "type": rec("ActionRecord", "Name")},
-                        {"name": "Name", "type": ["null", "string"], "default": None},
-                    ],
-                },
-            }
-        ],
-    }
+    return signal_avro_schema(timestamp_type)
 
 
 def _write_inputs(folder) -> None:
