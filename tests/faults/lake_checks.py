@@ -84,3 +84,13 @@ def freeze(proc: subprocess.Popen) -> None:
 
 def thaw(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGCONT)
+
+
+def paused_export(step: str, pause: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``insights-link export`` started with a failpoint pause at ``step``; returns once the run
+    sits there (the pause file exists). Delete the file to let it go on."""
+    run = start_export(
+        *args, env={**(env or {}), "INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)}
+    )
+    wait_for_file(pause, run)
+    return run

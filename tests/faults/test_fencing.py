@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from lake_checks import committed_ids, freeze, start_export, thaw, wait_for_file
+from lake_checks import committed_ids, freeze, paused_export, start_export, thaw
 from stall_proxy import StallProxy
 
 from azurite import connection_string
@@ -49,16 +49,11 @@ def test_local_frozen_run_keeps_the_lock_and_commits_after_thaw(step, tmp_path, 
     a, b, _ = inputs
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run_a = start_export(
-        "--input",
-        str(a),
-        "--output",
-        lake,
-        "--block-records",
-        "5",
-        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    run_a = paused_export(
+        step,
+        pause,
+        *("--input", str(a), "--output", lake, "--block-records", "5"),
     )
-    wait_for_file(pause, run_a)
     freeze(run_a)
     pause.unlink()
     try:
@@ -82,16 +77,11 @@ def test_local_run_whose_lock_file_was_removed_cannot_commit(step, tmp_path, inp
     lake = tmp_path / "lake"
     assert run_cli("export", "--input", str(base), "--output", str(lake)).returncode == 0
     pause = tmp_path / "pause"
-    run_a = start_export(
-        "--input",
-        str(a),
-        "--output",
-        str(lake),
-        "--block-records",
-        "5",
-        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    run_a = paused_export(
+        step,
+        pause,
+        *("--input", str(a), "--output", str(lake), "--block-records", "5"),
     )
-    wait_for_file(pause, run_a)
     (lake / "EngagementInsights" / "_lock").unlink()
     run_b = run_cli("export", "--input", str(b), "--output", str(lake))
     assert run_b.returncode == 0, run_b.stderr
@@ -135,16 +125,12 @@ def test_azure_frozen_run_whose_lease_lapsed_cannot_commit(step, tmp_path, input
     lease lapses, B takes over, rolls A back and commits; A, thawed, fails and touches nothing."""
     a, b, _ = inputs
     pause = tmp_path / "pause"
-    run_a = start_export(
-        "--input",
-        str(a),
-        "--output",
-        azure_lake,
-        "--block-records",
-        "5",
-        env={**LEASE, "INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    run_a = paused_export(
+        step,
+        pause,
+        *("--input", str(a), "--output", azure_lake, "--block-records", "5"),
+        env=LEASE,
     )
-    wait_for_file(pause, run_a)
     freeze(run_a)
     pause.unlink()
     try:

@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from lake_checks import committed_ids, start_export, wait_for_file
+from lake_checks import committed_ids, paused_export
 
 from conftest import event, run_cli, write_jsonl
 
@@ -26,16 +26,16 @@ def source(tmp_path):
 def test_signal_mid_run_exits_with_its_code_and_one_line(step, signum, code, tmp_path, source):
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run = start_export(
+    run = paused_export(
+        step,
+        pause,
         "--input",
         str(source),
         "--output",
         lake,
         "--block-records",
         "5",
-        env={"INSIGHTS_LINK_PAUSE_AT": step, "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
     )
-    wait_for_file(pause, run)
     run.send_signal(signum)
     out, err = run.communicate(timeout=120)
     assert run.returncode == code, err
@@ -85,18 +85,12 @@ def test_multiprocess_workers_exit_when_the_launcher_is_killed(tmp_path, source)
     """kill -9 of a multi-processing run: its SDK worker processes notice and exit by themselves."""
     lake = str(tmp_path / "lake")
     pause = tmp_path / "pause"
-    run = start_export(
-        "--input",
-        str(source),
-        "--output",
-        lake,
-        "--block-records",
-        "5",
-        "--direct_running_mode=multi_processing",
-        "--direct_num_workers=2",
-        env={"INSIGHTS_LINK_PAUSE_AT": "after_staged_file", "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    run = paused_export(  # a worker is inside a DoFn once this returns
+        "after_staged_file",
+        pause,
+        *("--input", str(source), "--output", lake, "--block-records", "5"),
+        *("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
     )
-    wait_for_file(pause, run)  # a worker is inside a DoFn now
     workers = _children_of(run.pid)
     assert workers, "expected SDK worker processes below the launcher"
     run.kill()

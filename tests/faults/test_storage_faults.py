@@ -8,7 +8,7 @@ import signal
 import subprocess
 
 import pytest
-from lake_checks import committed_ids, start_export, wait_for_file
+from lake_checks import committed_ids, paused_export
 from stall_proxy import StallProxy
 
 from azurite import connection_string
@@ -50,14 +50,14 @@ def test_storage_outage_right_after_the_commit_point_says_committed(tmp_path, so
     """Azurite stops just after the manifest write: the run exits 1 saying its data is
     committed (not "nothing committed"); the next run finishes it and skips its inputs."""
     pause = tmp_path / "pause"
-    run = start_export(
+    run = paused_export(
+        "after_manifest",
+        pause,
         "--input",
         str(source),
         "--output",
         azure_lake,
-        env={"INSIGHTS_LINK_PAUSE_AT": "after_manifest", "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
     )
-    wait_for_file(pause, run)
     azurite.stop()
     try:
         pause.unlink()
