@@ -111,6 +111,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     )
 
 
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``insights-link`` as a background process (stdout/stderr captured as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "insights_link.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        cwd=REPO,
+    )
+
+
 def manifest_locations(data_source: Path) -> list[str]:
     """Every Parquet file the manifest references (full and incremental partitions)."""
     doc = json.loads((data_source / "default.manifest.cdm.json").read_text())

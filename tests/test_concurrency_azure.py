@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from conftest import event, write_jsonl
+from conftest import event, start_cli, write_jsonl
 
 
 def _container(url: str) -> str:
@@ -25,24 +23,7 @@ def test_concurrent_runs_on_one_azure_data_source(tmp_path, azure_lake):
         tmp_path / "in2" / "e.jsonl", [event(f"b{i}") for i in range(40)] + [event("shared")]
     )
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "insights_link.cli",
-                "export",
-                "--input",
-                str(src),
-                "--output",
-                azure_lake,
-                "--lock-wait",
-                "300",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ),
-        )
+        start_cli("export", "--input", str(src), "--output", azure_lake, "--lock-wait", "300")
         for src in (first, second)
     ]
     results = [p.communicate(timeout=500) for p in procs]

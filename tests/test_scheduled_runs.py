@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -21,6 +19,7 @@ from conftest import (
     read_activities,
     run_cli,
     run_reports,
+    start_cli,
     write_jsonl,
 )
 from insights_link.storage.local import LocalStorage
@@ -237,23 +236,7 @@ def test_concurrent_runs_on_one_local_data_source(tmp_path, lake):
         tmp_path / "in2" / "e.jsonl", [event(f"b{i}") for i in range(50)] + [event("shared")]
     )
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "insights_link.cli",
-                "export",
-                "--input",
-                str(src),
-                "--output",
-                str(lake),
-                "--lock-wait",
-                "120",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_cli("export", "--input", str(src), "--output", str(lake), "--lock-wait", "120")
         for src in (first, second)
     ]
     results = [p.communicate(timeout=300) for p in procs]

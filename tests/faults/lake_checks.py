@@ -8,13 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from conftest import start_cli
 from insights_link.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,14 +55,7 @@ def committed_ids(
 
 def start_export(*args: str, env: dict | None = None) -> subprocess.Popen:
     """``insights-link export`` as a background process (stdout/stderr captured as text)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "insights_link.cli", "export", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, **(env or {})),
-        cwd=REPO,
-    )
+    return start_cli("export", *args, env=env)
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import apache_beam as beam
@@ -96,27 +97,34 @@ def run(
         def clock() -> datetime:
             return config.run_time
 
-    files_by_activity, input_warnings = _resolve_all(config)
+    inputs = _resolve_all(config)
     try:
         lake = Lake(open_storage(config.output), config.data_source)
         if config.grant_read:
             _check_grant_read(lake)
         if config.dry_run:
-            return _dry_run(config, options, lake, files_by_activity, input_warnings, clock)
+            return _dry_run(config, options, lake, inputs, clock)
         with lake.locked(config.lock_wait):
-            return _locked_run(config, options, lake, files_by_activity, input_warnings, clock)
+            return _locked_run(config, options, lake, inputs, clock)
     except LakeBusy as exc:
         raise DataSourceBusy(str(exc)) from exc
     except (StorageError, OSError) as exc:
         raise RunFailed(str(exc)) from exc
 
 
-def _resolve_all(config: RunConfig) -> tuple[dict[str, list[InputFile]], list[str]]:
+@dataclass(frozen=True)
+class Inputs:
     """Each activity's input files, and the warnings about files left out (once per input)."""
+
+    files: dict[str, list[InputFile]]
+    warnings: list[str]
+
+
+def _resolve_all(config: RunConfig) -> Inputs:
     try:
         resolved = {a.name: resolve_inputs(list(a.inputs), config.input_format) for a in config.activities}
         warnings = list(dict.fromkeys(w for r in resolved.values() for w in r.warnings))
-        return {name: r.files for name, r in resolved.items()}, warnings
+        return Inputs({name: r.files for name, r in resolved.items()}, warnings)
     except InputError as exc:
         raise UsageError(str(exc)) from exc
     except CredentialsError as exc:
@@ -196,16 +204,11 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
 
 
 def _locked_run(
-    config: RunConfig,
-    options: PipelineOptions,
-    lake: Lake,
-    files_by_activity: dict[str, list[InputFile]],
-    input_warnings: list[str],
-    clock: Clock,
+    config: RunConfig, options: PipelineOptions, lake: Lake, inputs: Inputs, clock: Clock
 ) -> dict:
     lake.recover()
     lake.sweep_abandoned()
-    plan = _plan(config, lake, files_by_activity, cache=True)
+    plan = _plan(config, lake, inputs.files, cache=True)
     state, columns, all_files, work, entries, specs = (
         plan.state,
         plan.columns,
@@ -223,7 +226,7 @@ def _locked_run(
         "layout": config.layout,
         "tables": sorted(specs),
         "inputs": entries,
-        "warnings": list(input_warnings),
+        "warnings": list(inputs.warnings),
     }
     logger.info(
         "run %s: %d input file(s), %d to process, %d skipped",
@@ -239,7 +242,7 @@ def _locked_run(
         counts = _counts(outcome, specs)
         report.update(counts)
         report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
-        report["warnings"] = input_warnings + _outcome_warnings(config, outcome)
+        report["warnings"] = inputs.warnings + _outcome_warnings(config, outcome)
         _log_warnings(report["warnings"])
         _check_balance(counts)
         _check_rejected_ratio(counts, config.max_rejected_ratio)
@@ -370,14 +373,7 @@ def _log_warnings(warnings: list[str]) -> None:
         logger.warning("%s", text)
 
 
-def _dry_run(
-    config: RunConfig,
-    options: PipelineOptions,
-    lake: Lake,
-    files_by_activity: dict[str, list[InputFile]],
-    input_warnings: list[str],
-    clock: Clock,
-) -> dict:
+def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake, inputs: Inputs, clock: Clock) -> dict:
     """Read, check and dedupe everything as a run would, and write nothing to the output.
 
     No lock, no recovery, no runs-index cache: the lake is only read. The pipeline stages into a
@@ -385,7 +381,7 @@ def _dry_run(
     Returns the would-be report (status "dry_run") with example rejected records per reason;
     raises TooManyRejected when the run would fail its thresholds.
     """
-    plan = _plan(config, lake, files_by_activity, cache=False)
+    plan = _plan(config, lake, inputs.files, cache=False)
     report = {
         "run_id": config.run_id,
         "status": "dry_run",
@@ -436,7 +432,7 @@ def _dry_run(
     counts = _counts(outcome, plan.specs)
     report.update(counts)
     report["unreadable_inputs"] = outcome.get("unreadable_inputs", [])
-    report["warnings"] = input_warnings + notes + _outcome_warnings(config, outcome)
+    report["warnings"] = inputs.warnings + notes + _outcome_warnings(config, outcome)
     report["examples"] = examples
     report["finished_at"] = _iso(clock())
     _log_warnings(report["warnings"])

@@ -19,13 +19,12 @@ from insights_link.core.contract import (
     ContractError,
     check_name,
 )
+from insights_link.core.formats import DEFAULT_BLOCK_RECORDS, FORMATS
 from insights_link.core.records import parse_timestamp
+from insights_link.lake.layout import LAYOUTS
 
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000  # ~150 bytes a row compressed: files near 300 MB
-DEFAULT_BLOCK_RECORDS = 100_000
 DEFAULT_LOCK_WAIT = 60.0
-FORMATS = ("jsonl", "csv", "avro")
-LAYOUTS = ("full", "incremental")
 
 
 class OptionError(ValueError):

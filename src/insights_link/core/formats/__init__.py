@@ -18,7 +18,7 @@ from insights_link.core.formats.lines import Batch
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "csv", "avro")
+FORMATS = ("jsonl", "csv", "avro")  # the registry below, in the order --help lists them
 _EXTENSIONS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
