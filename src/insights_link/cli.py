@@ -219,6 +219,7 @@ def export(argv: list[str]) -> int:
     from insights_link.errors import (
         CommittedWithErrors,
         DataSourceBusy,
+        InsightsLinkError,
         Interrupted,
         RunFailed,
         TooManyRejected,
@@ -247,6 +248,8 @@ def export(argv: list[str]) -> int:
         return _failed(
             log_format, exc.exit_code, f"insights-link: run failed, nothing committed: {exc}", exc.status
         )
+    except InsightsLinkError as exc:  # any other explained failure: its class knows its exit code
+        return _failed(log_format, exc.exit_code, f"insights-link: run failed: {exc}", exc.status)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         settled = (

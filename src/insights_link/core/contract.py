@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from insights_link.errors import UsageError
+
 EXPORT_ID = "Signal.Export.Id"
 USER_ID = "Signal.User.Id"
 TIMESTAMP = "Signal.Timestamp"
@@ -36,7 +38,7 @@ DEFAULT_ACTIVITY_TYPE = "WebLog"
 _NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
-class ContractError(ValueError):
+class ContractError(UsageError):
     """A configuration value breaks the contract (the message names the value)."""
 
 

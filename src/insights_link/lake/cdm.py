@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from insights_link.core.contract import Column
+from insights_link.errors import InsightsLinkError
 
 MANIFEST_FILE = "default.manifest.cdm.json"
 PARQUET_TRAIT = "is.partition.format.parquet"
 _IMPORTS = [{"corpusPath": "cdm:/foundations.cdm.json"}]
 
 
-class ManifestError(ValueError):
+class ManifestError(InsightsLinkError, ValueError):
     """The data-source folder holds a manifest this tool cannot read or extend."""
 
 

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from insights_link.checkpoints import checkpoint
 from insights_link.core.contract import Column
 from insights_link.core.deadletters import dead_letter_key
+from insights_link.errors import InsightsLinkError
 from insights_link.lake.cdm import CdmFormat, TableState
 from insights_link.lake.layout import (
     COMMIT_RECORD,
@@ -57,7 +58,7 @@ ABANDONED_FILE = "abandoned.json"
 ABANDONED_KEEP_SECONDS = 24 * 3600
 
 
-class LakeError(RuntimeError):
+class LakeError(InsightsLinkError, RuntimeError):
     """The data-source folder is in a state this run must not touch; the message says why."""
 
 

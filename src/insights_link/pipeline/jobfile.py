@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from insights_link.core.paths import is_remote
+from insights_link.errors import UsageError
 from insights_link.pipeline.spec import ACTIVITY_OPTIONS, PIPELINE_OPTIONS_KEY, RUN_OPTIONS, OptionError
 
 
-class JobFileError(ValueError):
+class JobFileError(UsageError):
     """The job file can't be read or breaks its schema; the message names the file and key."""
 
 

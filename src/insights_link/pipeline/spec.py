@@ -21,13 +21,14 @@ from insights_link.core.contract import (
 )
 from insights_link.core.formats import DEFAULT_BLOCK_RECORDS, FORMATS
 from insights_link.core.records import parse_timestamp
+from insights_link.errors import UsageError
 from insights_link.lake.layout import LAYOUTS
 
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000  # ~150 bytes a row compressed: files near 300 MB
 DEFAULT_LOCK_WAIT = 60.0
 
 
-class OptionError(ValueError):
+class OptionError(UsageError):
     """A bad option value; the message names the option and the value."""
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
 
 from insights_link.core.paths import is_remote, join  # noqa: F401 - the storage vocabulary
+from insights_link.errors import InsightsLinkError
 
 
 def holder_text() -> str:
@@ -29,7 +30,7 @@ def holder_text() -> str:
     return f"held by pid {os.getpid()} on {socket.gethostname()} since {since}"
 
 
-class StorageError(Exception):
+class StorageError(InsightsLinkError):
     """A storage operation failed; the message is safe to show (no secrets)."""
 
 
