@@ -22,7 +22,7 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,7 +111,14 @@ class Lake:
     late commit fails instead of listing deleted files.
     """
 
-    def __init__(self, storage: Storage, data_source: str, table_format: CdmFormat | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        data_source: str,
+        table_format: CdmFormat | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.clock = clock or (lambda: datetime.now(UTC))  # the run's clock: rolled-back times, sweeps
         self.storage = storage
         self.data_source = data_source
         self.format = table_format or CdmFormat()
@@ -310,7 +317,7 @@ class Lake:
         record: dict = {
             "run_id": run_id,
             "status": "rolled_back",
-            "rolled_back_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "rolled_back_at": self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
         }
         record_key = self.staging(run_id, COMMIT_RECORD)
         if self.storage.exists(record_key):
@@ -391,7 +398,7 @@ class Lake:
         data = json.loads(self.storage.read_bytes(key))
         tables = self.read_tables()
         referenced = {loc for t in tables.values() for loc in t.all_locations()}
-        now = datetime.now(UTC)
+        now = self.clock()
         keep = {}
         for run_id, entry in sorted(data.items()):
             self.check_lock()

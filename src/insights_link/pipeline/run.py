@@ -99,7 +99,7 @@ def run(
 
     inputs = _resolve_all(config)
     try:
-        lake = Lake(open_storage(config.output), config.data_source)
+        lake = Lake(open_storage(config.output), config.data_source, clock=clock)
         if config.grant_read:
             _check_grant_read(lake)
         if config.dry_run:
