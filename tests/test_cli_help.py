@@ -166,6 +166,7 @@ NO_CREDENTIALS = {
         (["--direct_num_workers=-3"], "direct_num_workers", {}),
         (["--runner=PortableRunner"], "job_endpoint", {}),
         (["--job", ""], "--job", {}),
+        (["--property", 'Signal.a"b'], "--property", {}),
         (
             ["--output", "abfss://lake@devstoreaccount1.dfs.core.windows.net/x"],
             "credential settings",
@@ -334,3 +335,26 @@ def test_conditional_write_waits_only_so_long_for_a_frozen_writer(tmp_path, monk
     finally:
         os.close(fd)
     assert storage.read_versioned("m.json")[0] == b"1"
+
+
+def test_a_run_id_left_by_a_dead_run_is_refused_before_anything_is_written(tmp_path, source):
+    import signal as signals
+
+    lake = tmp_path / "lake"
+    ds = lake / "EngagementInsights"
+    killed = run_cli(
+        "export",
+        "--input",
+        str(source),
+        "--output",
+        str(lake),
+        "--run-id",
+        "dead2",
+        env={"INSIGHTS_LINK_KILL_AT": "after_staged_file"},
+    )
+    assert killed.returncode == -signals.SIGKILL
+    for extra in ([], ["--dry-run"]):
+        again = run_cli("export", "--input", str(source), "--output", str(lake), "--run-id", "dead2", *extra)
+        assert again.returncode == 2 and "already used" in again.stderr, again.stderr
+        assert not (ds / "_runs").exists() and (ds / "_staging" / "dead2").exists()
+    assert run_cli("export", "--input", str(source), "--output", str(lake)).returncode == 0

@@ -127,14 +127,14 @@ def test_a_property_no_record_holds_and_an_event_name_that_matched_nothing_are_w
     assert proc.returncode == 0, proc.stderr
     assert "warning: --property Signal.Sesion.Id was not present in any record" in proc.stdout.splitlines()
     assert (
-        "warning: --event-name 'productview' matched no event (seen: ProductView 3, EmailPromoClick 1)"
+        "warning: --event-name 'productview' matched no event (seen: 'ProductView' 3, 'EmailPromoClick' 1)"
         in proc.stdout.splitlines()
     )
     assert "Signal.Session.Id was not" not in proc.stdout and "'ProductView' matched" not in proc.stdout
     (report,) = run_reports(lake / "EngagementInsights")
     assert report["warnings"] == [
         "--property Signal.Sesion.Id was not present in any record",
-        "--event-name 'productview' matched no event (seen: ProductView 3, EmailPromoClick 1)",
+        "--event-name 'productview' matched no event (seen: 'ProductView' 3, 'EmailPromoClick' 1)",
     ]
     assert report["activities_written"] == 3 and report["filtered_out"] == 1
     _balanced(report)
@@ -368,3 +368,23 @@ def test_remote_inputs_and_a_dry_run_against_an_azure_lake(tmp_path, azure_lake)
         would["duplicates_dropped"],
     ) == ("dry_run", 3, 1, 1)
     assert would["warnings"] == [f"skipped 1 file of unsupported types in {root}/in: notes.txt"]
+
+
+def test_an_empty_adls_directory_is_nothing_to_do(tmp_path, azure_lake):
+    """On ADLS Gen2 a directory is a folder marker in the Blob API: an empty one exists."""
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    container = azure_lake.split("://", 1)[1].split("@", 1)[0]
+    service = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    client = service.get_container_client(container)
+    client.create_container()
+    client.upload_blob("landing", b"", metadata={"hdi_isfolder": "true"})
+    base = azure_lake.rsplit("/", 1)[0]
+    for value in (f"{base}/landing", f"{base}/landing/*.jsonl"):
+        run = run_cli("export", "--input", value, "--output", str(tmp_path / "lake"))
+        assert run.returncode == 0, run.stderr
+        assert "no input files" in run.stdout
+    missing = run_cli("export", "--input", f"{base}/nothing-here", "--output", str(tmp_path / "lake"))
+    assert missing.returncode == 2

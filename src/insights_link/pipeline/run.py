@@ -157,14 +157,27 @@ class _Plan:
     specs: dict[str, ActivitySpec]
 
 
-def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[InputFile]], cache: bool) -> _Plan:
-    """Check the run id and the tables' columns, and pick the inputs to read (only reads the
-    lake, apart from the runs-index cache when ``cache``)."""
-    if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")):
+def _clipped(name: str, limit: int = 40) -> str:
+    """A seen Signal.Name as it may appear in one warning line: quoted, escaped, short."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
+def _check_run_id(config: RunConfig, lake: Lake) -> None:
+    """A run id already used (reported, or left in staging by a dead run) is a usage error,
+    found before recovery writes anything."""
+    if lake.storage.exists(lake.key("_runs", f"{config.run_id}.json")) or lake.storage.list(
+        lake.staging(config.run_id)
+    ):
         raise UsageError(
             f"--run-id {config.run_id!r} was already used in data source "
             f"{config.data_source!r}; run ids must be unique"
         )
+
+
+def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[InputFile]], cache: bool) -> _Plan:
+    """Check the run id and the tables' columns, and pick the inputs to read (only reads the
+    lake, apart from the runs-index cache when ``cache``)."""
+    _check_run_id(config, lake)
     try:
         state = lake.read_state(cache=cache)
     except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
@@ -206,6 +219,7 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
 def _locked_run(
     config: RunConfig, options: PipelineOptions, lake: Lake, inputs: Inputs, clock: Clock
 ) -> dict:
+    _check_run_id(config, lake)
     lake.recover()
     lake.sweep_abandoned()
     plan = _plan(config, lake, inputs.files, cache=True)
@@ -359,10 +373,10 @@ def _outcome_warnings(config: RunConfig, outcome: dict) -> list[str]:
                 warnings.append(f"--property {prop} was not present in any record{where}")
         seen = got.get(NAMES_SEEN, {})
         top = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:NAMES_SHOWN]
-        shown = ", ".join(f"{name} {count}" for name, count in top) or "no Signal.Name values"
+        shown = ", ".join(f"{_clipped(name)} {count}" for name, count in top) or "no Signal.Name values"
         if len(seen) > NAMES_SHOWN:
             shown += ", ..."
-        for name in a.event_names or ():
+        for name in dict.fromkeys(a.event_names or ()):
             if not seen.get(name):
                 warnings.append(f"--event-name {name!r} matched no event{where} (seen: {shown})")
     return warnings

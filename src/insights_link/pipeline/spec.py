@@ -150,7 +150,12 @@ def _name_rule(value: str, name: str) -> str:
 
 def _signal_path(value: str, name: str) -> str:
     parts = value.split(".")
-    if len(parts) < 2 or parts[0] != "Signal" or not all(p.strip() for p in parts):
+    if (
+        len(parts) < 2
+        or parts[0] != "Signal"
+        or not all(p.strip() for p in parts)
+        or any(ch == '"' or ord(ch) < 32 for ch in value)
+    ):
         raise OptionError(f"{name} {value!r} must be a Signal property path such as Signal.Session.Id")
     return value
 

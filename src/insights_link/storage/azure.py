@@ -799,6 +799,14 @@ class AzureStorage:
             return None
         return ObjectInfo(key.strip("/"), int(props.size), props.last_modified, str(props.etag or ""))
 
+    def is_folder(self, key: str) -> bool:
+        """Whether ``key`` is a directory entry (hierarchical namespace: a folder marker blob)."""
+        with self._azure_errors("read the properties of", key):
+            try:
+                return _is_folder(self._blob(key).get_blob_properties().metadata)
+            except ResourceNotFoundError:
+                return False
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         folder = self._name(prefix)
         found: list[ObjectInfo] = []

@@ -179,7 +179,7 @@ def _resolve_remote(value: str, input_format: str | None, unsupported: list[str]
         prefix = head.rsplit("/", 1)[0] if "/" in head else ""
         pattern = glob_regex(key)
         listed = storage.list(prefix)
-        if not listed:
+        if not listed and not _is_folder(storage, prefix):
             raise InputError(f"--input {value!r}: nothing exists below {prefix or 'the file system root'!r}")
         infos = [o for o in listed if pattern.fullmatch(o.key)]
         explicit = False
@@ -188,7 +188,7 @@ def _resolve_remote(value: str, input_format: str | None, unsupported: list[str]
         prefix = key.strip("/")
         infos = [single] if single else storage.list(key)
         explicit = single is not None
-        if not infos:
+        if not infos and not _is_folder(storage, prefix):
             raise InputError(f"--input {value!r} does not exist")
     for info in infos:
         relative = info.key[len(prefix) :] if prefix and info.key.startswith(prefix + "/") else info.key
@@ -202,3 +202,9 @@ def _resolve_remote(value: str, input_format: str | None, unsupported: list[str]
         else:
             unsupported.append(relative.lstrip("/"))
     return files
+
+
+def _is_folder(storage, key: str) -> bool:
+    """An existing, empty folder: an ADLS Gen2 directory (a folder marker through the Blob API)."""
+    check = getattr(storage, "is_folder", None)
+    return bool(key) and check is not None and check(key)
