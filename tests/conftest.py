@@ -111,6 +111,24 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     )
 
 
+#: The checkpoints of a run's commit, in order (see insights_link.checkpoints and tests/testing).
+COMMIT_STEPS = [
+    "after_staged_file",
+    "before_commit",
+    "after_dead_letters",
+    "after_first_move",
+    "after_moves",
+    "before_manifest",
+    "after_manifest",
+    "after_report",
+]
+
+
+def run_killed(step: str, *args: str) -> subprocess.CompletedProcess:
+    """``insights-link`` SIGKILLed by its own failpoint at checkpoint ``step``."""
+    return run_cli(*args, env={"INSIGHTS_LINK_KILL_AT": step})
+
+
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     """``insights-link`` as a background process (stdout/stderr captured as text)."""
     return subprocess.Popen(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, event, run_cli, write_jsonl
+from conftest import REPO, event, run_cli, run_killed, write_jsonl
 from insights_link.pipeline.beam_args import unknown_beam_arguments
 from insights_link.pipeline.jobfile import JobFileError, load_job
 from insights_link.pipeline.spec import OPTIONS, RUN_OPTIONS, markdown_table
@@ -342,15 +342,8 @@ def test_a_run_id_left_by_a_dead_run_is_refused_before_anything_is_written(tmp_p
 
     lake = tmp_path / "lake"
     ds = lake / "EngagementInsights"
-    killed = run_cli(
-        "export",
-        "--input",
-        str(source),
-        "--output",
-        str(lake),
-        "--run-id",
-        "dead2",
-        env={"INSIGHTS_LINK_KILL_AT": "after_staged_file"},
+    killed = run_killed(
+        "after_staged_file", "export", "--input", str(source), "--output", str(lake), "--run-id", "dead2"
     )
     assert killed.returncode == -signals.SIGKILL
     for extra in ([], ["--dry-run"]):

@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from conftest import (
+    COMMIT_STEPS,
     dead_letters,
     event,
     manifest_locations,
@@ -18,15 +19,7 @@ from conftest import (
     write_jsonl,
 )
 
-STEPS = [
-    "after_staged_file",
-    "before_commit",
-    "after_dead_letters",
-    "after_first_move",
-    "after_moves",
-    "after_manifest",
-    "after_report",
-]
+STEPS = COMMIT_STEPS
 
 
 @pytest.fixture

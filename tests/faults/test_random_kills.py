@@ -14,19 +14,9 @@ import signal
 import pytest
 from lake_checks import committed_ids
 
-from conftest import dead_letters, event, read_activities, run_cli, write_jsonl
+from conftest import COMMIT_STEPS, dead_letters, event, read_activities, run_cli, write_jsonl
 
-STEPS = [
-    "after_staged_file",
-    "before_commit",
-    "after_dead_letters",
-    "after_first_move",
-    "after_moves",
-    "before_manifest",
-    "after_manifest",
-    "after_report",
-    "recovery_before_delete",
-]
+STEPS = [*COMMIT_STEPS, "recovery_before_delete"]
 DAYS = ["2024-05-01T23:59:00Z", "2024-05-02T00:01:00Z", "2024-05-03T12:00:00Z"]
 
 

@@ -12,7 +12,7 @@ from lake_checks import committed_ids, paused_export
 from stall_proxy import StallProxy
 
 from azurite import connection_string
-from conftest import event, run_cli, run_reports, write_jsonl
+from conftest import event, run_cli, run_killed, run_reports, write_jsonl
 
 IDS = [f"e{i}" for i in range(20)]
 
@@ -91,15 +91,8 @@ def test_recovery_never_deletes_files_it_did_not_write(tmp_path, source):
     for n, path in enumerate(foreign):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"user data %d" % n)
-    killed = run_cli(
-        "export",
-        "--input",
-        str(source),
-        "--output",
-        str(lake),
-        "--run-id",
-        "r2",
-        env={"INSIGHTS_LINK_KILL_AT": "after_moves"},
+    killed = run_killed(
+        "after_moves", "export", "--input", str(source), "--output", str(lake), "--run-id", "r2"
     )
     assert killed.returncode == -signal.SIGKILL
     assert run_cli("export", "--input", str(source), "--output", str(lake), "--run-id", "r3").returncode == 0
