@@ -162,6 +162,20 @@ def _clipped(name: str, limit: int = 40) -> str:
     return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
+def _report_head(config: RunConfig, lake: Lake, plan: _Plan, status: str, clock: Clock) -> dict:
+    """The fields a run report starts with, for a real run and a dry run alike."""
+    return {
+        "run_id": config.run_id,
+        "status": status,
+        "started_at": _iso(clock()),
+        "data_source": config.data_source,
+        "output": lake.describe(),
+        "layout": config.layout,
+        "tables": sorted(plan.specs),
+        "inputs": plan.entries,
+    }
+
+
 def _check_run_id(config: RunConfig, lake: Lake) -> None:
     """A run id already used (reported, or left in staging by a dead run) is a usage error,
     found before recovery writes anything."""
@@ -223,25 +237,8 @@ def _locked_run(
     lake.recover()
     lake.sweep_abandoned()
     plan = _plan(config, lake, inputs.files, cache=True)
-    state, columns, all_files, work, entries, specs = (
-        plan.state,
-        plan.columns,
-        plan.all_files,
-        plan.work,
-        plan.entries,
-        plan.specs,
-    )
-    report = {
-        "run_id": config.run_id,
-        "status": "running",
-        "started_at": _iso(clock()),
-        "data_source": config.data_source,
-        "output": lake.describe(),
-        "layout": config.layout,
-        "tables": sorted(specs),
-        "inputs": entries,
-        "warnings": list(inputs.warnings),
-    }
+    state, columns, all_files, work, specs = plan.state, plan.columns, plan.all_files, plan.work, plan.specs
+    report = _report_head(config, lake, plan, "running", clock) | {"warnings": list(inputs.warnings)}
     logger.info(
         "run %s: %d input file(s), %d to process, %d skipped",
         config.run_id,
@@ -396,16 +393,7 @@ def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake, inputs: In
     raises TooManyRejected when the run would fail its thresholds.
     """
     plan = _plan(config, lake, inputs.files, cache=False)
-    report = {
-        "run_id": config.run_id,
-        "status": "dry_run",
-        "started_at": _iso(clock()),
-        "data_source": config.data_source,
-        "output": lake.describe(),
-        "layout": config.layout,
-        "tables": sorted(plan.specs),
-        "inputs": plan.entries,
-    }
+    report = _report_head(config, lake, plan, "dry_run", clock)
     unsettled = sorted(
         {obj.key.split("/")[2] for obj in lake.storage.list(lake.key("_staging")) if obj.key.count("/") >= 3}
     )
