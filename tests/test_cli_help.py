@@ -67,6 +67,7 @@ def test_every_run_option_has_a_job_key_and_the_job_file_takes_it(tmp_path):
         "data_source": "Ds",
         "input_format": "csv",
         "layout": "incremental",
+        "table_format": "cdm",
         "run_id": "r1",
         "log_format": "json",
     }

@@ -138,8 +138,11 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
 
 COMMANDS = {
     "export": "export refined engagement events into a Customer Insights activity data source",
+    "convert": "convert a data source between the CDM folder and Delta tables, in place",
     "help": "show the help of a command: insights-link help export",
 }
+#: subcommands working on a data source: name -> module in insights_link.commands
+LAKE_COMMANDS = ("convert",)
 
 
 def top_level_help() -> str:
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             print(top_level_help())
             return EXIT_OK
         command, rest = rest[0], ["--help"]
+    if command in LAKE_COMMANDS:
+        return lake_command(command, rest)
     if command != "export":
         print(
             f"insights-link: unknown command {command!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr
@@ -270,6 +275,50 @@ def export(argv: list[str]) -> int:
         print(json.dumps(report, sort_keys=True))
     else:
         print(summary_text(report))
+    return EXIT_OK
+
+
+def lake_command(name: str, argv: list[str]) -> int:
+    """A subcommand of :mod:`insights_link.commands`: run it, print its summary (or JSON), map
+    errors to exit codes like ``export``."""
+    import importlib
+
+    from insights_link.errors import DataSourceBusy, InsightsLinkError, Interrupted, UsageError
+
+    module = importlib.import_module(f"insights_link.commands.{name}")
+    if "-h" in argv or "--help" in argv:
+        print(module.build_parser().format_help())
+        return EXIT_OK
+    log_format = _flag_value(argv, "--log-format") or "text"
+    level = logging.DEBUG if "--verbose" in argv else logging.WARNING if "--quiet" in argv else logging.INFO
+    configure_logging(log_format if log_format in ("text", "json") else "text", level)
+    as_json = "--json" in argv or log_format == "json"
+    previous = {
+        signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        report, summary = module.run(argv, lambda: datetime.now(UTC))
+    except UsageError as exc:
+        return _failed(log_format, exc.exit_code, f"insights-link {name}: error: {exc}", exc.status)
+    except DataSourceBusy as exc:
+        return _failed(
+            log_format, exc.exit_code, f"insights-link {name}: data source busy: {exc}", exc.status
+        )
+    except InsightsLinkError as exc:
+        logger.debug("%s failed", name, exc_info=True)
+        return _failed(log_format, exc.exit_code, f"insights-link {name}: failed: {exc}", exc.status)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        return _failed(
+            log_format,
+            128 + signum,
+            f"insights-link {name}: interrupted by {signal.Signals(signum).name}; run it again to finish",
+            "interrupted",
+        )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(json.dumps(report, sort_keys=True) if as_json else summary)
     return EXIT_OK
 
 

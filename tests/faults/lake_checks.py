@@ -20,29 +20,44 @@ from insights_link.storage import open_storage
 REPO = Path(__file__).resolve().parents[2]
 
 
+def committed_locations(storage, data_source: str = "EngagementInsights") -> list[str]:
+    """Every Parquet file the committed state lists, relative to the data source: the CDM
+    manifest's partitions, or (no manifest) every Delta table's files read with ``deltalake``."""
+    manifest_key = f"{data_source}/default.manifest.cdm.json"
+    if storage.exists(manifest_key):
+        doc = json.loads(storage.read_bytes(manifest_key))
+        return sorted(
+            p["location"]
+            for e in doc["entities"]
+            for p in e["dataPartitions"] + e.get("incrementalPartitions", [])
+        )
+    from deltalake import DeltaTable
+
+    listed = []
+    for table in storage.folders(data_source):
+        if table.startswith("_") or "_delta_log" not in storage.folders(f"{data_source}/{table}"):
+            continue
+        uri, options = storage.external(f"{data_source}/{table}")
+        paths = pa.table(DeltaTable(uri, storage_options=options).get_add_actions(flatten=True))["path"]
+        listed.extend(f"{table}/{p}" for p in paths.to_pylist())
+    return sorted(listed)
+
+
 def committed_ids(
     lake_url: str, data_source: str = "EngagementInsights", *, settled: bool = True
 ) -> list[str]:
-    """Every ActivityId the manifest references (sorted, duplicates kept), after checking that
-    each listed file exists and (``settled``: no run is mid-way or dead) that no
-    exporter-written Parquet file is unreferenced."""
+    """Every ActivityId the committed state references (sorted, duplicates kept; CDM manifest
+    or Delta logs), after checking that each listed file exists and (``settled``: no run is
+    mid-way or dead) that no exporter-written Parquet file is unreferenced."""
     storage = open_storage(lake_url)
-    manifest_key = f"{data_source}/default.manifest.cdm.json"
-    if not storage.exists(manifest_key):
-        return []
-    doc = json.loads(storage.read_bytes(manifest_key))
-    listed = sorted(
-        p["location"]
-        for e in doc["entities"]
-        for p in e["dataPartitions"] + e.get("incrementalPartitions", [])
-    )
+    listed = committed_locations(storage, data_source)
     on_disk = sorted(
         o.key[len(data_source) + 1 :]
         for o in storage.list(data_source)
         if o.key.endswith(".parquet") and "/_" not in "/" + o.key[len(data_source) + 1 :]
     )
     missing = sorted(set(listed) - set(on_disk))
-    assert not missing, f"the manifest lists files that do not exist: {missing}"
+    assert not missing, f"the committed state lists files that do not exist: {missing}"
     assert not settled or on_disk == listed, (
         f"unreferenced Parquet files: {sorted(set(on_disk) - set(listed))}"
     )

@@ -7,11 +7,12 @@ locations are relative to the manifest's folder so the folder can be copied or m
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from insights_link.core.contract import Column
 from insights_link.errors import InsightsLinkError
+from insights_link.lake.layout import full_location
+from insights_link.lake.tableformat import Check, Snapshot, TableState
+from insights_link.storage import Storage, join
 
 MANIFEST_FILE = "default.manifest.cdm.json"
 PARQUET_TRAIT = "is.partition.format.parquet"
@@ -23,18 +24,6 @@ class ManifestError(InsightsLinkError, ValueError):
 
 
 INCREMENTAL_TRAIT = "is.partition.incremental"
-
-
-@dataclass
-class TableState:
-    """What the committed manifest says about one table: its partition locations."""
-
-    name: str
-    partitions: list[str] = field(default_factory=list)  # FullData files
-    incremental: list[str] = field(default_factory=list)  # IncrementalData/.../Upserts files
-
-    def all_locations(self) -> list[str]:
-        return self.partitions + self.incremental
 
 
 def entity_document(table: str, columns: tuple[Column, ...]) -> bytes:
@@ -107,24 +96,59 @@ def parse_manifest(document: bytes) -> dict[str, TableState]:
 
 
 class CdmFormat:
-    """The CDM folder as a table format: the manifest is the commit object (it lists every
-    committed Parquet file), and each table has an entity document declaring its columns."""
+    """The CDM folder as a table format: the manifest is the one commit object (it lists every
+    committed Parquet file of every table), and each table has an entity document declaring
+    its columns. See :class:`~insights_link.lake.tableformat.TableFormat`."""
 
     name = "cdm"
     commit_file = MANIFEST_FILE
 
-    def parse(self, data: bytes | None) -> dict[str, TableState]:
-        """The committed tables in a commit object's bytes (none when there is no object yet)."""
-        return parse_manifest(data) if data is not None else {}
+    def read(self, storage: Storage, data_source: str) -> Snapshot:
+        data, version = storage.read_versioned(join(data_source, MANIFEST_FILE))
+        return Snapshot(parse_manifest(data) if data is not None else {}, version, data)
 
-    def render(self, data_source: str, tables: dict[str, TableState]) -> bytes:
-        return manifest_document(data_source, tables)
+    def foreign(self, storage: Storage, data_source: str) -> str | None:
+        tables = [
+            name
+            for name in storage.folders(data_source)
+            if not name.startswith("_") and "_delta_log" in storage.folders(join(data_source, name))
+        ]
+        return f"Delta tables ({', '.join(tables)})" if tables else None
+
+    def declared_columns(
+        self, storage: Storage, data_source: str, snapshot: Snapshot, table: str
+    ) -> list[str] | None:
+        key = join(data_source, f"{table}.cdm.json")
+        return entity_columns(storage.read_bytes(key)) if storage.exists(key) else None
+
+    def location(self, table: str, date: str, name: str) -> str:
+        return full_location(table, date, name)
 
     def table_documents(self, table_columns: dict[str, tuple[Column, ...]]) -> dict[str, bytes]:
-        """Relative key -> bytes of each table's document."""
         return {f"{name}.cdm.json": entity_document(name, columns) for name, columns in table_columns.items()}
 
-    def declared_columns(self, read: Callable[[str], bytes | None], table: str) -> list[str] | None:
-        """The columns a committed table declares (None when it has no document)."""
-        doc = read(f"{table}.cdm.json")
-        return entity_columns(doc) if doc is not None else None
+    def prepare(self, storage, data_source, snapshot, table_columns, check: Check) -> None:
+        """Nothing: entity documents are written after the moves, the manifest last."""
+
+    def commit(self, storage, data_source, snapshot, files, table_columns, run_id, check: Check) -> None:
+        """One conditional write of the manifest listing ``files`` besides the committed ones."""
+        tables = {
+            name: TableState(name, list(t.partitions), list(t.incremental))
+            for name, t in snapshot.tables.items()
+        }
+        for name in table_columns:
+            tables.setdefault(name, TableState(name))
+        for f in files:
+            held = tables.setdefault(f["table"], TableState(f["table"]))
+            (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
+        check()
+        storage.write_if(
+            join(data_source, MANIFEST_FILE), manifest_document(data_source, tables), snapshot.version
+        )
+
+    def fence(self, storage, data_source, snapshot, tables) -> None:
+        data = snapshot.data if snapshot.data is not None else manifest_document(data_source, {})
+        storage.write_if(join(data_source, MANIFEST_FILE), data, snapshot.version)  # type: ignore[arg-type]
+
+    def complete(self, storage, data_source, files, run_id, check: Check) -> None:
+        """Nothing: the manifest write made every file visible at once."""

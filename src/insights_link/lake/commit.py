@@ -31,17 +31,17 @@ from insights_link.checkpoints import checkpoint
 from insights_link.core.contract import Column
 from insights_link.core.deadletters import dead_letter_key
 from insights_link.errors import InsightsLinkError
-from insights_link.lake.cdm import CdmFormat, TableState
+from insights_link.lake.cdm import CdmFormat, entity_columns
 from insights_link.lake.layout import (
     COMMIT_RECORD,
     INDEX_FILE,
     date_of_partition,
-    full_location,
     incremental_location,
     input_key,
     run_of,
     staging_key,
 )
+from insights_link.lake.tableformat import FormatMismatch, Snapshot, TableFormat, TableState
 from insights_link.storage import (
     LockBusy,
     LockHandle,
@@ -115,15 +115,15 @@ class Lake:
         self,
         storage: Storage,
         data_source: str,
-        table_format: CdmFormat | None = None,
+        table_format: TableFormat | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.clock = clock or (lambda: datetime.now(UTC))  # the run's clock: rolled-back times, sweeps
         self.storage = storage
         self.data_source = data_source
-        self.format = table_format or CdmFormat()
+        self.format: TableFormat = table_format or CdmFormat()
         self.fence: LockHandle | None = None
-        self.planned_version: str | None = None  # the manifest version read_state() saw
+        self.planned_version: object = None  # the commit object's version read_state() saw
 
     def key(self, *parts: str) -> str:
         """A key below the data-source folder."""
@@ -131,10 +131,6 @@ class Lake:
 
     def staging(self, run_id: str, *parts: str) -> str:
         return staging_key(self.data_source, run_id, *parts)
-
-    def _read_if_exists(self, relative: str) -> bytes | None:
-        key = self.key(relative)
-        return self.storage.read_bytes(key) if self.storage.exists(key) else None
 
     def describe(self) -> str:
         return self.storage.describe(self.data_source)
@@ -176,24 +172,35 @@ class Lake:
 
     # -- reading the committed state ---------------------------------------------------------
 
-    def read_manifest(self) -> tuple[dict[str, TableState], bytes | None, str | None]:
-        """The committed tables, the manifest's bytes and its version (None when absent)."""
-        data, version = self.storage.read_versioned(self.key(self.format.commit_file))
-        return self.format.parse(data), data, version
+    def snapshot(self) -> Snapshot:
+        """The committed tables and the version a commit would be conditional on."""
+        return self.format.read(self.storage, self.data_source)
 
     def read_tables(self) -> dict[str, TableState]:
-        return self.read_manifest()[0]
+        return self.snapshot().tables
+
+    def check_format(self) -> None:
+        """Raise :class:`FormatMismatch` when the data source holds another table format."""
+        found = self.format.foreign(self.storage, self.data_source)
+        if found:
+            raise FormatMismatch(
+                f"data source {self.data_source!r} holds {found}, not {self.format.name}; "
+                f"run with the table format it has, or convert it first "
+                f"(insights-link convert --to {self.format.name})"
+            )
 
     def read_state(self, cache: bool = True) -> LakeState:
-        """The committed state this run plans from; its manifest version is what the commit
-        will be conditional on. ``cache=False`` reads only (a dry run: no lock, no writes)."""
-        tables, _data, self.planned_version = self.read_manifest()
+        """The committed state this run plans from; its version is what the commit will be
+        conditional on. ``cache=False`` reads only (a dry run: no lock, no writes)."""
+        self.check_format()
+        snapshot = self.snapshot()
+        self.planned_version = snapshot.version
         columns = {}
-        for name in tables:
-            declared = self.format.declared_columns(self._read_if_exists, name)
+        for name in snapshot.tables:
+            declared = self.format.declared_columns(self.storage, self.data_source, snapshot, name)
             if declared is not None:
                 columns[name] = declared
-        return LakeState(tables, columns, self.committed_inputs(cache))
+        return LakeState(snapshot.tables, columns, self.committed_inputs(cache))
 
     def committed_inputs(self, cache: bool = True) -> dict[str, str]:
         """``input_key(table, fingerprint)`` -> the run that committed that input for that table.
@@ -278,22 +285,19 @@ class Lake:
         if not leftovers:
             return {}
         while True:
-            tables, data, version = self.read_manifest()
-            referenced = {loc for t in tables.values() for loc in t.all_locations()}
+            snapshot = self.snapshot()
+            referenced = snapshot.referenced()
             settled = {run_id: self._settle(run_id, referenced) for run_id in leftovers}
             undo = [r for r, outcome in settled.items() if outcome == "rolled back"]
             if not any(r != only or self.storage.exists(self.staging(r, COMMIT_RECORD)) for r in undo):
                 break
             self.check_lock()
-            try:  # fence out the runs being undone: their manifest write now fails
-                self.storage.write_if(
-                    self.key(self.format.commit_file),
-                    data if data is not None else self.format.render(self.data_source, {}),
-                    version,
-                )
+            touched = {loc.split("/", 1)[0] for r in undo for loc in self._recorded_locations(r)}
+            try:  # fence out the runs being undone: their commit now fails
+                self.format.fence(self.storage, self.data_source, snapshot, touched)
                 break
             except PreconditionFailed:
-                logger.warning("the manifest changed during recovery; deciding again")
+                logger.warning("the committed state changed during recovery; deciding again")
         for run_id in list(settled):
             if settled[run_id] == "rolled back" and run_id != only and not self._mark_rolled_back(run_id):
                 settled[run_id] = "committed"  # its report landed first: it committed after all
@@ -344,7 +348,19 @@ class Lake:
         if report is None:  # its report was written and staging partly removed: nothing to redo
             self.storage.delete_prefix(self.staging(run_id))
             return
+        record = self._record(run_id)
+        if record and record.get("files"):  # a format with several commit objects: finish them
+            self.format.complete(self.storage, self.data_source, record["files"], run_id, self.check_lock)
         self._finish(run_id, report, letters)
+
+    def _record(self, run_id: str) -> dict | None:
+        """A run's commit record (written before its first move), None when it has none."""
+        key = self.staging(run_id, COMMIT_RECORD)
+        return json.loads(self.storage.read_bytes(key)) if self.storage.exists(key) else None
+
+    def _recorded_locations(self, run_id: str) -> list[str]:
+        record = self._record(run_id)
+        return record["locations"] if record else []
 
     def _settle(self, run_id: str, referenced: set[str]) -> str:
         """ "committed" when the run's report says so, or the manifest references its files and
@@ -372,10 +388,7 @@ class Lake:
         deleted, so a user's files under the data source are safe whatever their names."""
         self.storage.delete_prefix(self.staging(run_id, "data"))
         self.storage.delete(self.key("_deadletter", f"{run_id}.jsonl.gz"))
-        record_key = self.staging(run_id, COMMIT_RECORD)
-        if not self.storage.exists(record_key):
-            return  # it never moved a file out of staging
-        for rel in sorted(set(json.loads(self.storage.read_bytes(record_key))["locations"]) - referenced):
+        for rel in sorted(set(self._recorded_locations(run_id)) - referenced):
             logger.warning("deleting %s (written by run %s, which did not commit)", rel, run_id)
             self.check_lock()
             self.storage.delete(self.key(rel))
@@ -396,8 +409,7 @@ class Lake:
         if not self.storage.exists(key):
             return
         data = json.loads(self.storage.read_bytes(key))
-        tables = self.read_tables()
-        referenced = {loc for t in tables.values() for loc in t.all_locations()}
+        referenced = self.snapshot().referenced()
         now = self.clock()
         keep = {}
         for run_id, entry in sorted(data.items()):
@@ -417,8 +429,9 @@ class Lake:
     # -- committing --------------------------------------------------------------------------
 
     def locate(self, files: list[dict], layout: str, committed: datetime) -> list[dict]:
-        """Decide where each staged file goes: FullData by event date, or (incremental layout,
-        table already holding data) IncrementalData by the commit hour."""
+        """Decide where each staged file goes: by event date where the format puts it (CDM
+        FullData, Delta ActivityDate=), or (CDM incremental layout, table already holding data)
+        IncrementalData by the commit hour."""
         tables = self.read_tables()
         located = []
         for f in files:
@@ -426,7 +439,7 @@ class Lake:
             if layout == "incremental" and held and held.all_locations():
                 location, kind = incremental_location(f["table"], committed, f["name"]), "incremental"
             else:
-                location, kind = full_location(f["table"], f["date"], f["name"]), "full"
+                location, kind = self.format.location(f["table"], f["date"], f["name"]), "full"
             located.append(dict(f, location=location, kind=kind))
         return located
 
@@ -453,8 +466,8 @@ class Lake:
         report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
         checkpoint("before_commit")
         self._check_fence()
-        tables, _data, version = self.read_manifest()
-        if version != self.planned_version:
+        snapshot = self.snapshot()
+        if snapshot.version != self.planned_version:
             raise CommitLost(
                 f"another run committed to data source {self.data_source!r} since this "
                 "run read it; nothing of this run was committed (run it again)"
@@ -462,7 +475,20 @@ class Lake:
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
         checkpoint("after_dead_letters")
         if files:
-            record = {"run_id": run_id, "locations": sorted(f["location"] for f in files)}
+            try:
+                self.format.prepare(
+                    self.storage, self.data_source, snapshot, table_columns, self._check_fence
+                )
+            except PreconditionFailed as exc:
+                raise CommitLost(f"{exc}; nothing of this run was committed (run it again)") from exc
+            record = {
+                "run_id": run_id,
+                "locations": sorted(f["location"] for f in files),
+                "files": [
+                    {k: f[k] for k in ("location", "table", "date", "rows", "kind") if k in f}
+                    for f in sorted(files, key=lambda f: f["location"])
+                ],
+            }
             self.storage.write_bytes(self.staging(run_id, COMMIT_RECORD), json.dumps(record).encode("utf-8"))
         for i, f in enumerate(files):
             self._check_fence()
@@ -471,15 +497,10 @@ class Lake:
                 checkpoint("after_first_move")
         checkpoint("after_moves")
         if files:
-            self._write_entity_documents(tables, table_columns)
-            for f in files:
-                held = tables[f["table"]]
-                (held.incremental if f.get("kind") == "incremental" else held.partitions).append(
-                    f["location"]
-                )
+            self._write_entity_documents(table_columns)
             self._check_fence()
             checkpoint("before_manifest")
-            self._write_manifest(tables, version, [f["location"] for f in files])
+            self._commit_point(snapshot, files, table_columns, run_id)
         checkpoint("after_manifest")
         if not files:  # a run without data commits with its report: conditional, like a manifest
             self._check_fence()
@@ -530,16 +551,13 @@ class Lake:
                 f"{exc}; nothing of this run was committed, and nothing of other runs was touched"
             ) from exc
 
-    def _write_entity_documents(
-        self, tables: dict[str, TableState], table_columns: dict[str, tuple[Column, ...]]
-    ) -> None:
+    def _write_entity_documents(self, table_columns: dict[str, tuple[Column, ...]]) -> None:
         for name, columns in table_columns.items():
             for relative, doc in self.format.table_documents({name: columns}).items():
                 current, version = self.storage.read_versioned(self.key(relative))
                 if current == doc:
                     continue
-                declared = self.format.declared_columns(lambda _r, data=current: data, name)
-                if current is not None and declared != [c.name for c in columns]:
+                if current is not None and entity_columns(current) != [c.name for c in columns]:
                     raise CommitLost(
                         f"table {name!r} was redefined by another run meanwhile; nothing of "
                         "this run was committed"
@@ -549,27 +567,34 @@ class Lake:
                     self.storage.write_if(self.key(relative), doc, version)
                 except PreconditionFailed as exc:
                     raise CommitLost(f"{exc}; nothing of this run was committed (run it again)") from exc
-        for name in table_columns:
-            tables.setdefault(name, TableState(name))
 
-    def _write_manifest(self, tables: dict[str, TableState], version: str | None, mine: list[str]) -> None:
-        """The commit point: one conditional write. When the storage fails around it, ask the
-        manifest whether this run's files made it, and say so truthfully."""
+    def _commit_point(
+        self,
+        snapshot: Snapshot,
+        files: list[dict],
+        table_columns: dict[str, tuple[Column, ...]],
+        run_id: str,
+    ) -> None:
+        """The commit point: the format's conditional write(s). When the storage fails around
+        it, ask the committed state whether this run's files made it, and say so truthfully."""
         try:
-            self.storage.write_if(
-                self.key(self.format.commit_file), self.format.render(self.data_source, tables), version
+            self.format.commit(
+                self.storage, self.data_source, snapshot, files, table_columns, run_id, self._check_fence
             )
             return
         except PreconditionFailed as exc:
             failure: StorageError = exc
         except StorageError as exc:
             failure = exc
+        mine = [f["location"] for f in files]
         visible = self._visible(mine)
-        if visible:
-            logger.warning(
-                "the manifest write reported %s, but this run's files are listed: committed", failure
-            )
+        if visible == "all":
+            logger.warning("the commit reported %s, but this run's files are listed: committed", failure)
             return
+        if visible == "some":
+            raise CommitUnfinished(
+                f"the run committed, but not every table: {failure}; the next run completes it"
+            ) from failure
         if visible is None:
             raise CommitUnknown(
                 f"the commit point failed ({failure}) and the manifest can't be read "
@@ -579,19 +604,20 @@ class Lake:
             raise CommitLost(f"{failure}; nothing of this run was committed (run it again)") from failure
         raise failure
 
-    def _visible(self, locations: list[str]) -> bool | None:
-        """Whether the manifest now lists all of ``locations``; None when it can't be read."""
+    def _visible(self, locations: list[str]) -> str | None:
+        """Whether the committed state now lists "all", "some" or "none" of ``locations``;
+        None when it can't be read."""
         for attempt in range(3):
             try:
-                tables = self.read_tables()
+                referenced = self.snapshot().referenced()
             except StorageError as exc:
                 logger.warning(
-                    "cannot read the manifest to check the commit (attempt %d): %s", attempt + 1, exc
+                    "cannot read the committed state to check the commit (attempt %d): %s", attempt + 1, exc
                 )
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            referenced = {loc for t in tables.values() for loc in t.all_locations()}
-            return set(locations) <= referenced
+            listed = set(locations) & referenced
+            return "all" if listed == set(locations) else "some" if listed else "none"
         return None
 
     def _publish_dead_letters(self, run_id: str, keys: Iterable[str]) -> None:

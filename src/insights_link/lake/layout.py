@@ -5,6 +5,8 @@ agree on every path::
 
     <Table>/FullData/yyyy/mm/dd/<Table>_yyyymmdd_<run>_<nnn>.parquet
     <Table>/IncrementalData/yyyy/mm/dd/hh/Upserts/<Table>_yyyymmdd_<run>_<nnn>.parquet
+    <Table>/ActivityDate=yyyy-mm-dd/<Table>_yyyymmdd_<run>_<nnn>.parquet   (Delta tables)
+    <Table>/_delta_log/                     a Delta table's log (Delta tables)
     _staging/<run>/...                      a run's work in progress
     _deadletter/<run>.jsonl.gz              rejected records of committed runs
     _runs/<run>.json                        run reports
@@ -63,7 +65,11 @@ def run_of(location: str) -> str | None:
 
 
 def date_of_partition(location: str) -> str | None:
-    """The event date a partition file holds, from its name (``WebLog_20240501_...``)."""
+    """The event date a partition file holds: from a Delta partition folder
+    (``WebLog/ActivityDate=2024-05-01/...``), else from its name (``WebLog_20240501_...``)."""
+    for part in location.split("/")[1:-1]:
+        if part.startswith("ActivityDate="):
+            return part.split("=", 1)[1]
     table = location.split("/", 1)[0]
     name = location.rsplit("/", 1)[-1]
     digits = name[len(table) + 1 : len(table) + 9]

@@ -76,6 +76,7 @@ class RunConfig:
     input_format: str | None = None
     reprocess: bool = False
     layout: str = "full"
+    table_format: str = "cdm"
     since: datetime | None = None
     until: datetime | None = None
     max_rejected_ratio: float | None = None
@@ -166,6 +167,11 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
             activity_columns(a.properties)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if settings.get("table_format") == "delta" and settings.get("layout") == "incremental":
+        raise UsageError(
+            "--layout incremental applies to CDM folders only: a Delta table's versions already "
+            "serve incremental refresh (use --layout full, the default, with --table-format delta)"
+        )
     since, until = settings.get("since"), settings.get("until")
     if since and until and since >= until:
         raise UsageError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
@@ -183,6 +189,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         input_format=settings.get("input_format"),
         reprocess=settings.get("reprocess", False),
         layout=settings.get("layout", "full"),
+        table_format=settings.get("table_format", "cdm"),
         since=since,
         until=until,
         max_rejected_ratio=settings.get("max_rejected_ratio"),
@@ -256,27 +263,27 @@ def check_location(value: str, flag: str) -> None:
         )
 
 
-def check_output(output: str) -> None:
+def check_output(output: str, flag: str = "--output") -> None:
     """A local LAKE_ROOT must be a folder we can create or write; an Azure one a valid URL with
     valid credential settings (checked before writing; opening sends no request)."""
-    check_location(output, "--output")
+    check_location(output, flag)
     if is_remote(output):
         try:
             storage = open_storage(output)  # a malformed URL or credential setting: no request yet
         except StorageError as exc:
-            raise UsageError(f"--output: {exc}") from exc
+            raise UsageError(f"{flag}: {exc}") from exc
         try:
             storage.exists(PROBE_KEY)  # one request: are the credentials usable at all?
         except CredentialsError as exc:
-            raise UsageError(f"--output: {exc}") from exc
+            raise UsageError(f"{flag}: {exc}") from exc
         except StorageError as exc:  # unreachable now: the run will retry and say so
             logger.warning("could not reach %s before the run: %s", output, exc)
         return
     path = os.path.abspath(output)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--output {output!r} is an existing file, not a folder")
+        raise UsageError(f"{flag} {output!r} is an existing file, not a folder")
     probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {output!r} cannot be written ({probe} is not writable)")
+        raise UsageError(f"{flag} {output!r} cannot be written ({probe} is not writable)")

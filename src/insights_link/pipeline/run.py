@@ -43,6 +43,7 @@ from insights_link.errors import (
     TooManyRejected,
     UsageError,
 )
+from insights_link.lake import table_format
 from insights_link.lake.commit import (
     CommitLost,
     CommitUnfinished,
@@ -99,7 +100,9 @@ def run(
 
     inputs = _resolve_all(config)
     try:
-        lake = Lake(open_storage(config.output), config.data_source, clock=clock)
+        lake = Lake(
+            open_storage(config.output), config.data_source, table_format(config.table_format), clock=clock
+        )
         if config.grant_read:
             _check_grant_read(lake)
         if config.dry_run:
@@ -171,6 +174,7 @@ def _report_head(config: RunConfig, lake: Lake, plan: _Plan, status: str, clock:
         "data_source": config.data_source,
         "output": lake.describe(),
         "layout": config.layout,
+        "table_format": config.table_format,
         "tables": sorted(plan.specs),
         "inputs": plan.entries,
     }
@@ -194,6 +198,8 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
     _check_run_id(config, lake)
     try:
         state = lake.read_state(cache=cache)
+    except UsageError:
+        raise
     except (ValueError, KeyError) as exc:  # a damaged manifest, entity document or report
         raise RunFailed(f"cannot read the data source's committed state: {exc}") from exc
     columns = {a.name: activity_columns(a.properties) for a in config.activities}

@@ -22,6 +22,7 @@ from insights_link.core.contract import (
 from insights_link.core.formats import DEFAULT_BLOCK_RECORDS, FORMATS
 from insights_link.core.records import parse_timestamp
 from insights_link.errors import UsageError
+from insights_link.lake import TABLE_FORMATS
 from insights_link.lake.layout import LAYOUTS
 
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000  # ~150 bytes a row compressed: files near 300 MB
@@ -262,10 +263,18 @@ OPTIONS: tuple[Option, ...] = (
         scope="activity",
     ),
     Option(
+        "--table-format",
+        "table_format",
+        "str",
+        "cdm: a CDM folder (manifest + Parquet); delta: one Delta table per activity, partitioned by ActivityDate",
+        default="cdm",
+        choices=TABLE_FORMATS,
+    ),
+    Option(
         "--layout",
         "layout",
         "str",
-        "full: FullData folders by event date; incremental: IncrementalData/<commit hour>/Upserts",
+        "CDM only. full: FullData folders by event date; incremental: IncrementalData/<commit hour>/Upserts",
         default="full",
         choices=LAYOUTS,
     ),

@@ -620,6 +620,44 @@ def _connect(
     return service, datalake_with_credential, source
 
 
+def object_store_options(location: AzureLocation) -> dict[str, str]:
+    """Options for the ``object_store`` crate (delta-rs, polars) in the same authentication
+    order as :func:`_connect`: connection string, account key, SAS, then a bearer token from
+    ``DefaultAzureCredential``, fetched on every call so that a commit never uses an expired one.
+    A connection string's own blob endpoint (Azurite, a sovereign cloud) is kept."""
+    options = {"account_name": location.account}
+    conn = _env(ENV_CONNECTION_STRING)
+    if conn:
+        fields = _connection_string_fields(conn)
+        if fields.get("usedevelopmentstorage"):
+            return {"use_emulator": "true", "allow_http": "true", "account_name": "devstoreaccount1"}
+        if fields.get("accountkey"):
+            options["account_key"] = fields["accountkey"]
+        elif fields.get("sharedaccesssignature"):
+            options["sas_token"] = fields["sharedaccesssignature"].lstrip("?")
+        endpoint = fields.get("blobendpoint", "").rstrip("/")
+        if endpoint:
+            options["azure_storage_endpoint"] = endpoint
+            if endpoint.startswith("http://"):
+                options["allow_http"] = "true"
+        return options
+    if _env(ENV_ACCOUNT_KEY):
+        return options | {"account_key": _env(ENV_ACCOUNT_KEY)}
+    if _env(ENV_SAS_TOKEN):
+        return options | {"sas_token": _env(ENV_SAS_TOKEN).lstrip("?")}
+    from azure.identity import DefaultAzureCredential
+
+    try:
+        token = DefaultAzureCredential().get_token("https://storage.azure.com/.default")
+    except (ClientAuthenticationError, ValueError) as exc:
+        raise CredentialsError(
+            f"no Azure credentials available to reach {location.url}: set "
+            f"{ENV_CONNECTION_STRING}, {ENV_ACCOUNT_KEY} or {ENV_SAS_TOKEN}, or sign in for "
+            f"DefaultAzureCredential ({_one_line(scrub(str(exc)), 160)})"
+        ) from None
+    return options | {"bearer_token": token.token}
+
+
 def _carries_sas(url: str) -> bool:
     """True when an SDK client's URL has a SAS token in its query string (a SAS credential)."""
     return "sig" in parse_qs(urlsplit(url).query)
@@ -827,6 +865,26 @@ class AzureStorage:
             single = self.info(prefix)
             return [single] if single else []
         return sorted(found, key=lambda o: o.key)
+
+    def folders(self, prefix: str = "") -> list[str]:
+        folder = self._name(prefix)
+        start = f"{folder}/" if folder else ""
+        names: set[str] = set()
+        with self._azure_errors("list", prefix):
+            try:
+                for item in self._container.walk_blobs(name_starts_with=start or None, delimiter="/"):
+                    name = item.name[len(start) :]
+                    if name.endswith("/"):  # a prefix: a virtual or real folder
+                        names.add(name.rstrip("/"))
+            except ResourceNotFoundError:
+                return []
+        return sorted(names)
+
+    def external(self, key: str = "") -> tuple[str, dict[str, str]]:
+        loc = self.location
+        path = join(loc.prefix, key)
+        uri = f"abfss://{loc.file_system}@{loc.account}.dfs.{loc.endpoint_suffix}/{path}".rstrip("/")
+        return uri, object_store_options(loc)
 
     def read_bytes(self, key: str) -> bytes:
         with self._azure_errors("read", key):

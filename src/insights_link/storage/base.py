@@ -85,6 +85,14 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Every object below ``prefix`` (a folder key, '' for the root), recursively, sorted."""
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly below ``prefix``, sorted (not recursive)."""
+
+    def external(self, key: str = "") -> tuple[str, dict[str, str]]:
+        """The URI and object-store options with which another library (delta-rs, polars)
+        reaches ``key`` under this storage's credentials; the options may hold secrets, so
+        they are never logged."""
+
     def read_bytes(self, key: str) -> bytes: ...
 
     def open_read(self, key: str) -> BinaryIO: ...

@@ -122,6 +122,16 @@ class LocalStorage:
                 found.append(ObjectInfo(rel, st.st_size, modified, f"{st.st_ino}:{st.st_ctime_ns}"))
         return sorted(found, key=lambda o: o.key)
 
+    def folders(self, prefix: str = "") -> list[str]:
+        try:
+            with os.scandir(self._path(prefix)) as entries:
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def external(self, key: str = "") -> tuple[str, dict[str, str]]:
+        return self._path(key), {}
+
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:
             return f.read()

@@ -1,0 +1,184 @@
+"""Convert a data source between the CDM folder and Delta tables, in place and without copying.
+
+Both formats reference the same Parquet files (one UTC event date per file), so a conversion
+writes only metadata: CDM -> Delta creates one Delta table per entity whose log adds the files
+where they are (``WebLog/FullData/2024/05/01/x.parquet`` becomes ``FullData/2024/05/01/x.parquet``
+with partition value ``ActivityDate=2024-05-01``); Delta -> CDM writes entity documents and a
+manifest listing each table's current files. Under the data source's lock, every write fenced.
+
+The switch is one step at the end: removing the old format's commit object(s) (the manifest, or
+the ``_delta_log`` folders). Until then the data source still is the old format, and runs refuse
+to write to it while both exist; a conversion killed half way is completed by running it again
+(tables or documents it already wrote are recognized, never written twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from insights_link.checkpoints import checkpoint
+from insights_link.core.contract import UTC_MICROS, Column
+from insights_link.errors import InsightsLinkError
+from insights_link.lake.cdm import MANIFEST_FILE, CdmFormat, manifest_document
+from insights_link.lake.commit import Lake
+from insights_link.lake.delta import LOG_FOLDER, PARTITION, DeltaFormat
+from insights_link.lake.layout import date_of_partition
+from insights_link.lake.tableformat import TableState
+from insights_link.storage import PreconditionFailed
+
+logger = logging.getLogger(__name__)
+
+_CDM_TYPES = {"string": pa.string(), "dateTime": UTC_MICROS}
+
+
+class ConvertError(InsightsLinkError, RuntimeError):
+    """The data source can't be converted as it is; the message says what stops it."""
+
+
+def convert(lake: Lake, target: str, run_id: str, clock: Callable[[], datetime]) -> dict:
+    """Convert ``lake``'s data source (opened in its *current* format, lock held by the caller)
+    to ``target`` ("cdm" or "delta"); returns the report (also written to ``_runs/``)."""
+    started = clock()
+    lake.recover()
+    lake.sweep_abandoned()
+    source = lake.snapshot()
+    if not source.tables:
+        raise ConvertError(f"data source {lake.data_source!r} holds no {lake.format.name} tables to convert")
+    if target == "delta":
+        tables = _to_delta(lake, source.tables)
+    else:
+        tables = _to_cdm(lake, source.tables)
+    report = {
+        "run_id": run_id,
+        "status": "committed",
+        "operation": "convert",
+        "from": lake.format.name,
+        "to": target,
+        "data_source": lake.data_source,
+        "output": lake.describe(),
+        "tables": {name: {"files": len(t.all_locations())} for name, t in sorted(tables.items())},
+        "started_at": _iso(started),
+        "finished_at": _iso(clock()),
+    }
+    lake.check_lock()
+    lake.storage.write_if(
+        lake.key("_runs", f"{run_id}.json"),
+        (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        None,
+    )
+    return report
+
+
+def _to_delta(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
+    delta = DeltaFormat()
+    existing = delta.read(lake.storage, lake.data_source)
+    for name, state in sorted(tables.items()):
+        columns = _cdm_columns(lake, name)
+        files = []
+        for location in state.all_locations():
+            date = date_of_partition(location)
+            if date is None:
+                raise ConvertError(
+                    f"{location} is not named by its event date; only files this tool wrote "
+                    "(one UTC date per file) can be converted in place"
+                )
+            files.append({"location": location, "table": name, "date": date, "rows": None})
+        wanted = {loc.split("/", 1)[1] for loc in state.all_locations()}
+        if name in existing.tables:
+            held = {loc.split("/", 1)[1] for loc in existing.tables[name].all_locations()}
+            if held != wanted:
+                raise ConvertError(
+                    f"table {name!r} already has a Delta log that lists other files than the "
+                    "manifest; move it away before converting"
+                )
+            logger.info("table %s: Delta log already written by an earlier conversion", name)
+            continue
+        lake.check_lock()
+        logger.info("table %s: writing a Delta log over %d existing file(s)", name, len(files))
+        try:
+            delta.create_with(lake.storage, lake.data_source, name, columns, files, lake.check_lock)
+        except PreconditionFailed as exc:
+            raise ConvertError(f"{exc}; nothing was switched (run the conversion again)") from exc
+    # the switch: the data source stops being a CDM folder
+    checkpoint("before_format_switch")
+    lake.check_lock()
+    lake.storage.delete(lake.key(MANIFEST_FILE))
+    for name in sorted(tables):
+        lake.check_lock()
+        lake.storage.delete(lake.key(f"{name}.cdm.json"))
+    return tables
+
+
+def _to_cdm(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
+    cdm = CdmFormat()
+    snapshot = lake.snapshot()
+    documents = {}
+    for name in sorted(tables):
+        schema = delta_arrow_schema(lake, name)
+        columns = tuple(
+            Column(
+                f.name,
+                f.type,
+                "dateTime" if pa.types.is_timestamp(f.type) else "string",
+                primary_key=f.name == "ActivityId",
+            )
+            for f in schema
+            if f.name != PARTITION
+        )
+        unsupported = [c.name for c in columns if c.arrow_type not in _CDM_TYPES.values()]
+        if unsupported:
+            raise ConvertError(
+                f"table {name!r} has columns CDM folders of this tool can't hold: {unsupported}"
+            )
+        documents.update(cdm.table_documents({name: columns}))
+    current, version = lake.storage.read_versioned(lake.key(MANIFEST_FILE))
+    manifest = manifest_document(
+        lake.data_source, {n: TableState(n, list(t.partitions)) for n, t in tables.items()}
+    )
+    for relative, doc in sorted(documents.items()):
+        lake.check_lock()
+        lake.storage.write_bytes(lake.key(relative), doc)
+    if current != manifest:
+        lake.check_lock()
+        try:
+            lake.storage.write_if(lake.key(MANIFEST_FILE), manifest, version)
+        except PreconditionFailed as exc:
+            raise ConvertError(f"the manifest changed meanwhile ({exc}); run the conversion again") from exc
+    # the switch: the data source stops being Delta tables (only the logs this tool wrote go)
+    checkpoint("before_format_switch")
+    for name in sorted(snapshot.tables):
+        lake.check_lock()
+        lake.storage.delete_prefix(lake.key(name, LOG_FOLDER))
+    return tables
+
+
+def _cdm_columns(lake: Lake, table: str) -> tuple[Column, ...]:
+    key = lake.key(f"{table}.cdm.json")
+    if not lake.storage.exists(key):
+        raise ConvertError(f"table {table!r} has no entity document {table}.cdm.json")
+    doc = json.loads(lake.storage.read_bytes(key))
+    columns = []
+    for attribute in doc["definitions"][0]["hasAttributes"]:
+        kind = _CDM_TYPES.get(attribute["dataType"])
+        if kind is None:
+            raise ConvertError(
+                f"table {table!r}: column {attribute['name']!r} has CDM type {attribute['dataType']!r}"
+            )
+        columns.append(
+            Column(attribute["name"], kind, attribute["dataType"], attribute.get("purpose") == "identifiedBy")
+        )
+    return tuple(columns)
+
+
+def delta_arrow_schema(lake: Lake, table: str) -> pa.Schema:
+    """A Delta table's schema as Arrow (``ActivityDate`` included)."""
+    return pa.schema(DeltaFormat().open(lake.storage, lake.data_source, table).schema().to_arrow())
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
