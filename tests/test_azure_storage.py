@@ -626,3 +626,49 @@ def test_lease_is_exclusive_and_released(store: AzureStorage) -> None:
         pass
     with pytest.raises(ValueError), store.lease("_locks/x.lock", seconds=5):
         pass
+
+
+KEY = "a2V5" * 8
+BLOB = "http://127.0.0.1:10000/devstoreaccount1"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AZURE_STORAGE_CONNECTION_STRING": f"AccountName=acct;AccountKey={KEY};BlobEndpoint={BLOB}/"},
+            {
+                "account_name": "acct",
+                "account_key": KEY,
+                "azure_storage_endpoint": BLOB,
+                "allow_http": "true",
+            },
+        ),
+        (
+            {
+                "AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;SharedAccessSignature=?sv=1&sig=x",
+                "AZURE_STORAGE_KEY": KEY,  # the connection string comes first
+            },
+            {"account_name": "acct", "sas_token": "sv=1&sig=x"},
+        ),
+        (
+            {"AZURE_STORAGE_KEY": KEY, "AZURE_STORAGE_SAS_TOKEN": "sv=2"},
+            {"account_name": "acct", "account_key": KEY},
+        ),
+        ({"AZURE_STORAGE_SAS_TOKEN": "?sv=2&sig=y"}, {"account_name": "acct", "sas_token": "sv=2&sig=y"}),
+        (
+            {"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"},
+            {"use_emulator": "true", "allow_http": "true", "account_name": "devstoreaccount1"},
+        ),
+    ],
+)
+def test_delta_rs_gets_the_same_credentials_in_the_same_order(monkeypatch, env, expected):
+    """What delta-rs (object_store) is handed for an abfss:// lake follows the Blob SDK's order."""
+    from insights_link.storage.azure import object_store_options, parse_url
+
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    location = parse_url("abfss://events@acct.dfs.core.windows.net/lake")
+    assert object_store_options(location) == expected

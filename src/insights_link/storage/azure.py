@@ -620,6 +620,14 @@ def _connect(
     return service, datalake_with_credential, source
 
 
+@functools.lru_cache(maxsize=1)
+def _default_credential() -> Any:
+    """One DefaultAzureCredential per process: it caches its token and refreshes it near expiry."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
 def object_store_options(location: AzureLocation) -> dict[str, str]:
     """Options for the ``object_store`` crate (delta-rs, polars) in the same authentication
     order as :func:`_connect`: connection string, account key, SAS, then a bearer token from
@@ -645,10 +653,8 @@ def object_store_options(location: AzureLocation) -> dict[str, str]:
         return options | {"account_key": _env(ENV_ACCOUNT_KEY)}
     if _env(ENV_SAS_TOKEN):
         return options | {"sas_token": _env(ENV_SAS_TOKEN).lstrip("?")}
-    from azure.identity import DefaultAzureCredential
-
     try:
-        token = DefaultAzureCredential().get_token("https://storage.azure.com/.default")
+        token = _default_credential().get_token("https://storage.azure.com/.default")
     except (ClientAuthenticationError, ValueError) as exc:
         raise CredentialsError(
             f"no Azure credentials available to reach {location.url}: set "
