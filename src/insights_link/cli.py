@@ -138,11 +138,15 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
 
 COMMANDS = {
     "export": "export refined engagement events into a Customer Insights activity data source",
+    "status": "what a data source holds: tables, files, runs, dead letters, the lock",
+    "verify": "check everything a reader relies on; exit 1 naming each problem",
+    "compact": "merge small files of each table and date, atomically",
+    "vacuum": "delete files no commit references any more, after a retention",
     "convert": "convert a data source between the CDM folder and Delta tables, in place",
     "help": "show the help of a command: insights-link help export",
 }
-#: subcommands working on a data source: name -> module in insights_link.commands
-LAKE_COMMANDS = ("convert",)
+#: subcommands working on a data source, each a module of insights_link.commands
+LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "convert")
 
 
 def top_level_help() -> str:
