@@ -130,14 +130,31 @@ class CdmFormat:
     def prepare(self, storage, data_source, snapshot, table_columns, check: Check) -> None:
         """Nothing: entity documents are written after the moves, the manifest last."""
 
-    def commit(self, storage, data_source, snapshot, files, table_columns, run_id, check: Check) -> None:
-        """One conditional write of the manifest listing ``files`` besides the committed ones."""
+    def commit(
+        self,
+        storage,
+        data_source,
+        snapshot,
+        files,
+        table_columns,
+        run_id,
+        check: Check,
+        removed=(),
+        data_change=True,
+        removed_at=0,
+    ) -> None:
+        """One conditional write of the manifest listing ``files`` besides the committed ones
+        (and no longer the ``removed`` ones)."""
         tables = {
             name: TableState(name, list(t.partitions), list(t.incremental))
             for name, t in snapshot.tables.items()
         }
         for name in table_columns:
             tables.setdefault(name, TableState(name))
+        gone = {r["location"] for r in removed}
+        for held in tables.values():
+            held.partitions = [loc for loc in held.partitions if loc not in gone]
+            held.incremental = [loc for loc in held.incremental if loc not in gone]
         for f in files:
             held = tables.setdefault(f["table"], TableState(f["table"]))
             (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
@@ -150,5 +167,5 @@ class CdmFormat:
         data = snapshot.data if snapshot.data is not None else manifest_document(data_source, {})
         storage.write_if(join(data_source, MANIFEST_FILE), data, snapshot.version)  # type: ignore[arg-type]
 
-    def complete(self, storage, data_source, files, run_id, check: Check) -> None:
+    def complete(self, storage, data_source, files, run_id, check: Check, **_change) -> None:
         """Nothing: the manifest write made every file visible at once."""

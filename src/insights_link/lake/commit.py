@@ -349,8 +349,17 @@ class Lake:
             self.storage.delete_prefix(self.staging(run_id))
             return
         record = self._record(run_id)
-        if record and record.get("files"):  # a format with several commit objects: finish them
-            self.format.complete(self.storage, self.data_source, record["files"], run_id, self.check_lock)
+        if record and (record.get("files") or record.get("removed")):  # several commit objects
+            self.format.complete(
+                self.storage,
+                self.data_source,
+                record.get("files", []),
+                run_id,
+                self.check_lock,
+                removed=record.get("removed", []),
+                data_change=record.get("data_change", True),
+                removed_at=record.get("removed_at", 0),
+            )
         self._finish(run_id, report, letters)
 
     def _record(self, run_id: str) -> dict | None:
@@ -367,10 +376,14 @@ class Lake:
         its staged report exists; otherwise "rolled back"."""
         if self._committed_report(self.key("_runs", f"{run_id}.json")):
             return "committed"
-        if any(run_of(loc) == run_id for loc in referenced) and self.storage.exists(
-            self.staging(run_id, "report.json")
-        ):
+        if not self.storage.exists(self.staging(run_id, "report.json")):
+            return "rolled back"
+        if any(run_of(loc) == run_id for loc in referenced):
             return "committed"
+        record = self._record(run_id)
+        if record and record.get("removed") and not record.get("locations"):  # a removal only
+            gone = {r["location"] for r in record["removed"]} - referenced
+            return "committed" if gone else "rolled back"
         return "rolled back"
 
     def _committed_report(self, key: str) -> bool:
@@ -450,11 +463,17 @@ class Lake:
         files: list[dict],
         dead_letter_keys: list[str],
         table_columns: dict[str, tuple[Column, ...]],
+        removed: list[dict] | None = None,
+        data_change: bool = True,
     ) -> dict:
         """Publish a run's staged output; returns the report as written (status committed).
 
         ``files``: [{"staged": key, "location": relative location, "kind": "full"|"incremental",
-        "table": name}, ...] as :meth:`locate` returns them. Raises :class:`CommitLost` when
+        "table": name, "date": ..., "rows": ...}, ...] as :meth:`locate` returns them.
+        ``removed``: committed files this commit takes out of the tables in the same step
+        ([{"location", "table", "date"}], e.g. the small files a compaction merged); they stay
+        on storage for readers of the previous state until ``vacuum``. ``data_change=False``
+        says the rows are unchanged (a compaction; Delta records it). Raises :class:`CommitLost` when
         the lock was lost or another run committed since :meth:`read_state` (nothing of this
         run becomes visible), :class:`CommitUnfinished` when the commit is visible but a later
         step failed, :class:`CommitUnknown` when that can't be told.
@@ -463,6 +482,11 @@ class Lake:
         if dead_letter_keys:
             report["dead_letters"] = f"_deadletter/{run_id}.jsonl.gz"
         report["partitions_written"] = sorted(f["location"] for f in files)
+        removed = sorted(removed or [], key=lambda r: r["location"])
+        if removed:
+            report["partitions_removed"] = [r["location"] for r in removed]
+        changes = bool(files or removed)
+        removed_at = int(self.clock().timestamp() * 1000)
         report_bytes = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8")
         checkpoint("before_commit")
         self._check_fence()
@@ -474,7 +498,7 @@ class Lake:
             )
         self.storage.write_bytes(self.staging(run_id, "report.json"), report_bytes)
         checkpoint("after_dead_letters")
-        if files:
+        if changes:
             try:
                 self.format.prepare(
                     self.storage, self.data_source, snapshot, table_columns, self._check_fence
@@ -488,6 +512,9 @@ class Lake:
                     {k: f[k] for k in ("location", "table", "date", "rows", "kind") if k in f}
                     for f in sorted(files, key=lambda f: f["location"])
                 ],
+                "removed": removed,
+                "data_change": data_change,
+                "removed_at": removed_at,
             }
             self.storage.write_bytes(self.staging(run_id, COMMIT_RECORD), json.dumps(record).encode("utf-8"))
         for i, f in enumerate(files):
@@ -496,13 +523,13 @@ class Lake:
             if i == 0:
                 checkpoint("after_first_move")
         checkpoint("after_moves")
-        if files:
+        if changes:
             self._write_entity_documents(table_columns)
             self._check_fence()
             checkpoint("before_manifest")
-            self._commit_point(snapshot, files, table_columns, run_id)
+            self._commit_point(snapshot, files, table_columns, run_id, removed, data_change, removed_at)
         checkpoint("after_manifest")
-        if not files:  # a run without data commits with its report: conditional, like a manifest
+        if not changes:  # a run without data commits with its report: conditional, like a manifest
             self._check_fence()
             self._write_first_report(run_id, report_bytes)
         try:
@@ -574,20 +601,31 @@ class Lake:
         files: list[dict],
         table_columns: dict[str, tuple[Column, ...]],
         run_id: str,
+        removed: list[dict],
+        data_change: bool,
+        removed_at: int,
     ) -> None:
         """The commit point: the format's conditional write(s). When the storage fails around
         it, ask the committed state whether this run's files made it, and say so truthfully."""
         try:
             self.format.commit(
-                self.storage, self.data_source, snapshot, files, table_columns, run_id, self._check_fence
+                self.storage,
+                self.data_source,
+                snapshot,
+                files,
+                table_columns,
+                run_id,
+                self._check_fence,
+                removed=removed,
+                data_change=data_change,
+                removed_at=removed_at,
             )
             return
         except PreconditionFailed as exc:
             failure: StorageError = exc
         except StorageError as exc:
             failure = exc
-        mine = [f["location"] for f in files]
-        visible = self._visible(mine)
+        visible = self._visible([f["location"] for f in files], [r["location"] for r in removed])
         if visible == "all":
             logger.warning("the commit reported %s, but this run's files are listed: committed", failure)
             return
@@ -604,9 +642,9 @@ class Lake:
             raise CommitLost(f"{failure}; nothing of this run was committed (run it again)") from failure
         raise failure
 
-    def _visible(self, locations: list[str]) -> str | None:
-        """Whether the committed state now lists "all", "some" or "none" of ``locations``;
-        None when it can't be read."""
+    def _visible(self, locations: list[str], removed: list[str] = ()) -> str | None:  # type: ignore[assignment]
+        """Whether the committed state now shows "all", "some" or "none" of a commit: its
+        ``locations`` listed and its ``removed`` locations gone; None when it can't be read."""
         for attempt in range(3):
             try:
                 referenced = self.snapshot().referenced()
@@ -616,8 +654,9 @@ class Lake:
                 )
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            listed = set(locations) & referenced
-            return "all" if listed == set(locations) else "some" if listed else "none"
+            done = (set(locations) & referenced) | (set(removed) - referenced)
+            wanted = set(locations) | set(removed)
+            return "all" if done == wanted else "some" if done else "none"
         return None
 
     def _publish_dead_letters(self, run_id: str, keys: Iterable[str]) -> None:

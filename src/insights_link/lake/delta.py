@@ -154,33 +154,83 @@ class DeltaFormat:
             versions[table] = 0
             snapshot.columns[table] = [c.name for c in columns]
 
-    def commit(self, storage, data_source, snapshot: Snapshot, files, table_columns, run_id, check) -> None:
-        """One transaction per table, in name order, each conditional on the planned version."""
+    def commit(
+        self,
+        storage,
+        data_source,
+        snapshot: Snapshot,
+        files,
+        table_columns,
+        run_id,
+        check,
+        removed=(),
+        data_change=True,
+        removed_at=0,
+    ) -> None:
+        """One transaction per table (its adds and removes), in name order, each conditional on
+        the planned version."""
         versions: dict[str, int] = snapshot.version  # type: ignore[assignment]
-        for n, (table, mine) in enumerate(sorted(_by_table(files).items())):
+        adds, removes = _by_table(files), _by_table(list(removed))
+        for n, table in enumerate(sorted(set(adds) | set(removes))):
             if n:
                 checkpoint("between_table_commits")
             check()
-            self._append(storage, data_source, table, versions[table], mine, table_columns[table], run_id)
+            columns = table_columns.get(table)
+            if columns is None:  # a table this commit only takes files out of
+                columns = pa.schema(
+                    self.open(storage, data_source, table, versions[table]).schema().to_arrow()
+                )
+            self._append(
+                storage,
+                data_source,
+                table,
+                versions[table],
+                adds.get(table, []),
+                columns,
+                run_id,
+                removes.get(table, []),
+                data_change,
+                removed_at,
+            )
 
-    def complete(self, storage, data_source, files, run_id, check: Check) -> None:
-        """Commit the files of ``run_id`` that no table's log lists yet (a run killed between
-        two table commits). Conditional like a run's commit; a concurrent completion that
-        wins makes this one find nothing left to add."""
-        for table, mine in sorted(_by_table(files).items()):
+    def complete(
+        self, storage, data_source, files, run_id, check: Check, removed=(), data_change=True, removed_at=0
+    ) -> None:
+        """Commit what a run that passed its commit point left uncommitted: the tables whose log
+        doesn't list its files yet (or still lists the files it removes), a run killed between
+        two table commits. Conditional like a run's commit; a concurrent completion that wins
+        makes this one find nothing left to do."""
+        adds, removes = _by_table(files), _by_table(list(removed))
+        for table in sorted(set(adds) | set(removes)):
             for _attempt in range(3):
                 dt = self.open(storage, data_source, table)
                 listed = set(pa.table(dt.get_add_actions(flatten=True)).column("path").to_pylist())
-                missing = [f for f in mine if _relative(f["location"]) not in listed]
-                if not missing:
-                    break
+                missing = [f for f in adds.get(table, []) if _relative(f["location"]) not in listed]
+                remaining = [r for r in removes.get(table, []) if _relative(r["location"]) in listed]
+                if (adds.get(table) and not missing) or not (missing or remaining):
+                    break  # the table's transaction landed (adds and removes go together)
                 logger.warning(
-                    "completing the commit of run %s: %d file(s) of table %s", run_id, len(missing), table
+                    "completing the commit of run %s: %d file(s) to add to table %s, %d to remove",
+                    run_id,
+                    len(missing),
+                    table,
+                    len(remaining),
                 )
                 check()
                 schema = pa.schema(dt.schema().to_arrow())
                 try:
-                    self._append(storage, data_source, table, dt.version(), missing, schema, run_id)
+                    self._append(
+                        storage,
+                        data_source,
+                        table,
+                        dt.version(),
+                        missing,
+                        schema,
+                        run_id,
+                        remaining,
+                        data_change,
+                        removed_at,
+                    )
                     break
                 except PreconditionFailed:
                     continue
@@ -229,7 +279,9 @@ class DeltaFormat:
         )
 
     @staticmethod
-    def _adds(storage: Storage, data_source: str, table: str, files: list[dict]) -> list:
+    def _adds(
+        storage: Storage, data_source: str, table: str, files: list[dict], data_change: bool = True
+    ) -> list:
         """delta-rs add actions for files already in place (size and time from the storage)."""
         from deltalake.transaction import AddAction
 
@@ -245,23 +297,40 @@ class DeltaFormat:
                     info.size,
                     {PARTITION: f["date"]},
                     int(info.modified.timestamp() * 1000),
-                    True,
+                    data_change,
                     json.dumps(stats),
                 )
             )
         return adds
 
-    def _append(self, storage, data_source, table, version, files, columns, run_id) -> None:
-        from deltalake.transaction import CommitProperties
+    def _append(
+        self,
+        storage,
+        data_source,
+        table,
+        version,
+        files,
+        columns,
+        run_id,
+        removed=(),
+        data_change=True,
+        removed_at=0,
+    ) -> None:
+        """One conditional transaction: add ``files``, remove ``removed`` (still on storage)."""
+        from deltalake.transaction import CommitProperties, RemoveAction
 
-        adds = self._adds(storage, data_source, table, files)
+        actions = self._adds(storage, data_source, table, files, data_change)
+        actions += [
+            RemoveAction(_relative(r["location"]), data_change, removed_at, None, {PARTITION: r["date"]})
+            for r in removed
+        ]
         schema = columns if isinstance(columns, pa.Schema) else table_schema(columns)
         dt = self.open(storage, data_source, table, version)
         self._call(
             storage,
             table,
             dt.create_write_transaction,
-            adds,
+            actions,
             mode="append",
             schema=schema,
             partition_by=[PARTITION],

@@ -94,16 +94,28 @@ class TableFormat(Protocol):
         table_columns: dict[str, tuple[Column, ...]],
         run_id: str,
         check: Check,
+        removed: list[dict] = ...,  # type: ignore[assignment]
+        data_change: bool = True,
+        removed_at: int = 0,
     ) -> None:
-        """Make ``files`` visible, conditional on ``snapshot.version``; the first successful
-        write is the run's commit point. Raises PreconditionFailed or StorageError."""
+        """Make ``files`` visible and take ``removed`` out, conditional on ``snapshot.version``;
+        the first successful write is the run's commit point. ``removed_at``: epoch ms (the
+        run's clock). Raises PreconditionFailed or StorageError."""
 
     def fence(self, storage: Storage, data_source: str, snapshot: Snapshot, tables: set[str]) -> None:
         """Rewrite the commit object(s) of ``tables`` without changing what they hold, so that
         any commit planned against ``snapshot`` fails. Raises PreconditionFailed."""
 
     def complete(
-        self, storage: Storage, data_source: str, files: list[dict], run_id: str, check: Check
+        self,
+        storage: Storage,
+        data_source: str,
+        files: list[dict],
+        run_id: str,
+        check: Check,
+        removed: list[dict] = ...,  # type: ignore[assignment]
+        data_change: bool = True,
+        removed_at: int = 0,
     ) -> None:
         """Make the ``files`` of a run that passed its commit point visible where they are
         not yet (Delta: the tables a killed run had not committed). Safe to repeat."""
