@@ -639,7 +639,9 @@ def _exporter_named(location: str) -> bool:
     """Whether a file below a table folder has the name the exporter gives its files."""
     table = location.split("/", 1)[0]
     name = location.rsplit("/", 1)[-1]
-    return "/" in location and re.fullmatch(rf"{re.escape(table)}_\d{{8}}_.+_\d{{3}}\.parquet", name) is not None
+    return (
+        "/" in location and re.fullmatch(rf"{re.escape(table)}_\d{{8}}_.+_\d{{3}}\.parquet", name) is not None
+    )
 
 
 def verify(
@@ -655,7 +657,9 @@ def verify(
     for folder, n in sorted(_folder_counts(source).items()):
         if n > FOLDER_LIMIT:
             problems.append(
-                Problem("folder_over_1000", name, folder, f"{n} files (Customer Insights reads at most 1,000)")
+                Problem(
+                    "folder_over_1000", name, folder, f"{n} files (Customer Insights reads at most 1,000)"
+                )
             )
     live = lock_state(storage, name)["held"] is True
     pending = _pending(source, live)

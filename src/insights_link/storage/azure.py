@@ -1146,6 +1146,18 @@ class AzureStorage:
                     to_storage_error(exc, "release the lease on", self.describe(key)),
                 )
 
+    def lock_holder(self, key: str) -> str | None:
+        """The lock blob's holder metadata while its lease is taken, None when it is free (or
+        the blob does not exist). One read of its properties: the lease is never touched."""
+        with self._azure_errors("read the properties of", key):
+            try:
+                props = self._blob(key).get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        if str(props.lease.state) != "leased":
+            return None
+        return (props.metadata or {}).get("holder") or "holder unknown"
+
     @contextlib.contextmanager
     def lock(self, key: str, seconds: int | None = None) -> Iterator[Lease]:
         """A lease on a lock blob, renewed in the background while the block runs; a killed

@@ -122,6 +122,10 @@ class Storage(Protocol):
         exist), as one atomic check-and-write; returns the new version. Raises
         :class:`PreconditionFailed` otherwise. This is the commit point's fence."""
 
+    def lock_holder(self, key: str) -> str | None:
+        """Who holds the lock named by ``key`` right now (its holder text: pid, host, since
+        when), None when nobody does. Read-only: never takes the lock, never creates anything."""
+
     def lock(self, key: str) -> contextlib.AbstractContextManager[LockHandle]:
         """Hold an exclusive lock named by ``key`` for the block, or raise :class:`LockBusy` at
         once. A holder that dies loses the lock by itself (a released file lock, an expiring

@@ -214,6 +214,27 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def lock_holder(self, key: str) -> str | None:
+        """Whether a process holds the ``flock`` of lock file ``key`` (then its holder text).
+
+        Probes with a *shared* non-blocking ``flock`` on a separate, read-only descriptor and
+        releases it at once: it fails exactly when a run holds the exclusive lock. The lock file
+        is never created or written (its text stays after a run ends, so it alone can't tell)."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_holder(path)
+        finally:
+            os.close(fd)  # closing releases the probe's shared lock, if it got one
+        return None
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[LocalLock]:
         """``flock`` on a lock file: the kernel releases it when the holder exits or is killed.
