@@ -14,7 +14,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -325,11 +325,17 @@ def split_by_date(table: pa.Table) -> dict[str, pa.Table]:
     return out
 
 
-def dedupe(tables: list[pa.Table], existing_ids: pa.Array | None = None) -> tuple[pa.Table, int]:
+def dedupe(
+    tables: list[pa.Table], existing_ids: pa.Array | None = None, rivals: pa.Table | None = None
+) -> tuple[pa.Table, int]:
     """One row per ActivityId, sorted by ActivityId; returns (rows, duplicates dropped).
 
     Within the run the copy from the first input file (sorted path) at the lowest position
     wins, whatever the bundle order; ids already committed (``existing_ids``) are duplicates.
+    ``rivals`` (ActivityId, _rank, _position) are this run's rows of the same table on *other*
+    dates (see :func:`window_dates`): a row loses to a rival that came earlier in the input, so
+    of an id re-stamped across dates within the run exactly the first copy is kept, whichever
+    worker sees which date.
     """
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     before = table.num_rows
@@ -343,7 +349,37 @@ def dedupe(tables: list[pa.Table], existing_ids: pa.Array | None = None) -> tupl
         table = table.filter(keep)
     if existing_ids is not None and len(existing_ids):
         table = table.filter(pc.invert(pc.is_in(table["ActivityId"], value_set=existing_ids)))
+    if rivals is not None and rivals.num_rows and table.num_rows:
+        table = _drop_later_copies(table, rivals)
     return table, before - table.num_rows
+
+
+def _order_key(table: pa.Table) -> pa.ChunkedArray:
+    """(rank, position) as one comparable integer: input files are ranked, positions < 2**40."""
+    rank = pc.cast(table[RANK], pa.int64())
+    return pc.add(pc.multiply(rank, pa.scalar(1 << 40, pa.int64())), pc.cast(table[POSITION], pa.int64()))
+
+
+def _drop_later_copies(table: pa.Table, rivals: pa.Table) -> pa.Table:
+    """Rows of ``table`` whose id no rival holds with an earlier (rank, position)."""
+    earliest = (
+        pa.table({"ActivityId": rivals["ActivityId"], "_rival": _order_key(rivals)})
+        .group_by("ActivityId")
+        .aggregate([("_rival", "min")])
+    )
+    keyed = table.append_column("_own", _order_key(table))
+    joined = keyed.join(earliest, "ActivityId", join_type="left outer")
+    lost = pc.fill_null(pc.less(joined["_rival_min"], joined["_own"]), False)
+    kept = joined.filter(pc.invert(lost)).drop_columns(["_own", "_rival_min"])
+    return kept.sort_by([("ActivityId", "ascending")]).select(table.column_names)
+
+
+def window_dates(day: str, days: int) -> list[str]:
+    """The UTC dates within ``days`` of ``day`` (ISO ``yyyy-mm-dd``), ``day`` included, in order:
+    the dates whose committed ids and this run's rows an event of ``day`` is deduplicated
+    against (``--dedupe-window-days``)."""
+    center = date.fromisoformat(day)
+    return [(center + timedelta(days=offset)).isoformat() for offset in range(-days, days + 1)]
 
 
 def file_slices(table: pa.Table, max_rows: int) -> list[pa.Table]:

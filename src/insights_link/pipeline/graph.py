@@ -16,11 +16,14 @@ import logging
 from collections import Counter
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from insights_link.checkpoints import checkpoint
 from insights_link.core.batch import (
+    POSITION,
+    RANK,
     ActivitySpec,
     add_counts,
     dedupe,
@@ -28,6 +31,7 @@ from insights_link.core.batch import (
     keep_names,
     process_block,
     split_by_date,
+    window_dates,
 )
 from insights_link.core.blocks import InputFile, RawBlock
 from insights_link.core.contract import REASONS
@@ -234,15 +238,25 @@ class SpillPieceFn(beam.DoFn):
 
 
 class DedupeFn(beam.DoFn):
-    """Read one (table, date) group's pieces; dedupe within the run and against that date's
-    committed files."""
+    """Read one (table, date) group's pieces; dedupe within the run and against the committed
+    ids of the dates within ``window_days`` (``--dedupe-window-days``), and against this run's
+    own rows of those other dates (the earliest copy in input order wins)."""
 
     def __init__(
-        self, lake_url: str, existing: dict[tuple[str, str], list[str]], existing_url: str | None = None
+        self,
+        lake_url: str,
+        existing: dict[tuple[str, str], list[str]],
+        existing_url: str | None = None,
+        data_source: str = "",
+        run_id: str = "",
+        window_days: int = 0,
     ) -> None:
         self.lake_url = lake_url
         self.existing = existing
         self.existing_url = existing_url or lake_url  # where committed files live (dry run: not staging)
+        self.data_source = data_source
+        self.run_id = run_id
+        self.window_days = window_days
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates_dropped")
 
     def setup(self):
@@ -253,14 +267,28 @@ class DedupeFn(beam.DoFn):
         )
 
     def process(self, element):
-        key, piece_keys = element
+        (table, day), piece_keys = element
         tables = read_pieces(self.storage, sorted(piece_keys))
-        committed = self.existing.get(key, [])
+        dates = window_dates(day, self.window_days)
+        committed = [key for d in dates for key in self.existing.get((table, d), [])]
         existing = read_ids(self.committed, committed) if committed else None
-        rows, dropped = dedupe(tables, existing)
+        rows, dropped = dedupe(tables, existing, self._rivals(table, day, dates))
         self.duplicates.inc(dropped)
+        key = (table, day)
         yield pvalue.TaggedOutput(TALLIES, {"tables": {key[0]: {"duplicates_dropped": dropped}}})
         yield key, rows
+
+    def _rivals(self, table: str, day: str, dates: list[str]) -> pa.Table | None:
+        """This run's rows of ``table`` on the other dates of the window (id and input order
+        only). Every piece is written before any group is deduplicated (the GroupByKey is a
+        barrier), so listing the staging folder sees them all."""
+        if not self.window_days:
+            return None
+        folder = staging_key(self.data_source, self.run_id, "pieces", table)
+        others = sorted(set(self.storage.folders(folder)) & set(dates) - {day})
+        keys = [o.key for d in others for o in self.storage.list(f"{folder}/{d}")]
+        pieces = [t.select(["ActivityId", RANK, POSITION]) for t in read_pieces(self.storage, sorted(keys))]
+        return pa.concat_tables(pieces) if pieces else None
 
 
 class WriteParquetFn(beam.DoFn):
@@ -361,7 +389,8 @@ class ValidateAndMap(beam.PTransform):
 
 
 class DedupeActivities(beam.PTransform):
-    """Group rows by (table, date) and keep one row per ActivityId, never one already committed.
+    """Group rows by (table, date) and keep one row per ActivityId, never one already committed
+    on a date within the window, never a later copy of this run's own on another such date.
 
     Rows are spilled to staging per block first; only references go through the GroupByKey.
     """
@@ -373,6 +402,7 @@ class DedupeActivities(beam.PTransform):
         run_id: str,
         existing: dict[tuple[str, str], list[str]],
         existing_url: str | None = None,
+        window_days: int = 0,
     ) -> None:
         super().__init__()
         self.lake_url = lake_url
@@ -380,6 +410,7 @@ class DedupeActivities(beam.PTransform):
         self.run_id = run_id
         self.existing = existing
         self.existing_url = existing_url
+        self.window_days = window_days
 
     def expand(self, keyed_rows):
         return (
@@ -387,9 +418,16 @@ class DedupeActivities(beam.PTransform):
             | "SpillPieces" >> beam.ParDo(SpillPieceFn(self.lake_url, self.data_source, self.run_id))
             | "GroupByTableAndDate" >> beam.GroupByKey()
             | "DropDuplicates"
-            >> beam.ParDo(DedupeFn(self.lake_url, self.existing, self.existing_url)).with_outputs(
-                TALLIES, main="rows"
-            )
+            >> beam.ParDo(
+                DedupeFn(
+                    self.lake_url,
+                    self.existing,
+                    self.existing_url,
+                    self.data_source,
+                    self.run_id,
+                    self.window_days,
+                )
+            ).with_outputs(TALLIES, main="rows")
         )
 
 
@@ -455,8 +493,10 @@ class ExportActivities(beam.PTransform):
         max_rows: int,
         recorded: frozenset[tuple] = frozenset(),
         existing_url: str | None = None,
+        window_days: int = 0,
     ) -> None:
         super().__init__()
+        self.window_days = window_days
         self.existing_url = existing_url
         self.specs = specs
         self.recorded = recorded
@@ -474,7 +514,7 @@ class ExportActivities(beam.PTransform):
             | "Validate" >> ValidateAndMap(self.specs, self.recorded)
         )
         deduped = checked.activities | "Dedupe" >> DedupeActivities(
-            self.lake_url, self.data_source, self.run_id, self.existing, self.existing_url
+            self.lake_url, self.data_source, self.run_id, self.existing, self.existing_url, self.window_days
         )
         written = deduped.rows | "Write" >> WriteActivityFiles(
             self.lake_url, self.data_source, self.specs, self.max_rows

@@ -21,6 +21,7 @@ from insights_link.pipeline.spec import (
     ACTIVITY_OPTIONS,
     BY_DEST,
     DEFAULT_BLOCK_RECORDS,
+    DEFAULT_DEDUPE_WINDOW_DAYS,
     DEFAULT_LOCK_WAIT,
     DEFAULT_MAX_ROWS_PER_FILE,
     OPTIONS,
@@ -85,6 +86,7 @@ class RunConfig:
     lock_wait: float = DEFAULT_LOCK_WAIT
     log_format: str = "text"
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE
+    dedupe_window_days: int = DEFAULT_DEDUPE_WINDOW_DAYS
     block_records: int = DEFAULT_BLOCK_RECORDS
     dry_run: bool = False
     quiet: bool = False
@@ -198,6 +200,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         lock_wait=settings.get("lock_wait", DEFAULT_LOCK_WAIT),
         log_format=settings.get("log_format", "text"),
         max_rows_per_file=int(settings.get("max_rows_per_file", DEFAULT_MAX_ROWS_PER_FILE)),
+        dedupe_window_days=int(settings.get("dedupe_window_days", DEFAULT_DEDUPE_WINDOW_DAYS)),
         block_records=int(settings.get("block_records", DEFAULT_BLOCK_RECORDS)),
         dry_run=settings.get("dry_run", False),
         quiet=settings.get("quiet", False),

@@ -339,6 +339,7 @@ def _run_pipeline(
             config.max_rows_per_file,
             recorded,
             existing_url=config.output,
+            window_days=config.dedupe_window_days,
         )
     )
     mark_launcher()

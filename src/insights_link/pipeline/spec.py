@@ -27,6 +27,8 @@ from insights_link.lake.layout import LAYOUTS
 
 DEFAULT_MAX_ROWS_PER_FILE = 2_000_000  # ~150 bytes a row compressed: files near 300 MB
 DEFAULT_LOCK_WAIT = 60.0
+#: midnight re-stamps (a day) and re-deliveries stamped up to 3 days late; measured in docs/performance.md
+DEFAULT_DEDUPE_WINDOW_DAYS = 3
 
 
 class OptionError(UsageError):
@@ -277,6 +279,16 @@ OPTIONS: tuple[Option, ...] = (
         "CDM only. full: FullData folders by event date; incremental: IncrementalData/<commit hour>/Upserts",
         default="full",
         choices=LAYOUTS,
+    ),
+    Option(
+        "--dedupe-window-days",
+        "dedupe_window_days",
+        "int",
+        "an ActivityId committed, or seen earlier in the run, on a UTC date within N days is a duplicate",
+        default=DEFAULT_DEDUPE_WINDOW_DAYS,
+        metavar="N",
+        minimum=0,
+        maximum=366,
     ),
     Option(
         "--max-rows-per-file",
