@@ -142,11 +142,12 @@ COMMANDS = {
     "verify": "check everything a reader relies on; exit 1 naming each problem",
     "compact": "merge small files of each table and date, atomically",
     "vacuum": "delete files no commit references any more, after a retention",
+    "forget": "erase customers: their rows in every table and their dead letters",
     "convert": "convert a data source between the CDM folder and Delta tables, in place",
     "help": "show the help of a command: insights-link help export",
 }
 #: subcommands working on a data source, each a module of insights_link.commands
-LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "convert")
+LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "forget", "convert")
 
 
 def top_level_help() -> str:

@@ -74,3 +74,38 @@ def _json_line(record: dict) -> bytes:
     if isinstance(payload, str) and "payload_base64" not in record and cleaned["payload"] != payload:
         cleaned["payload_base64"] = base64.b64encode(raw(payload)).decode("ascii")
     return (json.dumps(cleaned, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def id_pattern(ids: Iterable[str]) -> re.Pattern[str]:
+    """A pattern finding any of ``ids`` in a text as a whole token: not inside a longer id
+    (``cust-1`` is not found in ``cust-10``); longest first."""
+    alternatives = "|".join(re.escape(i) for i in sorted(set(ids), key=lambda i: (-len(i), i)))
+    return re.compile(rf"(?<![\w.@-])(?:{alternatives})(?![\w.@-])")
+
+
+def mentioned_ids(letter: dict, ids: frozenset[str], pattern: re.Pattern[str]) -> set[str]:
+    """Which of a customer's ``ids`` a dead letter carries: the record's ``Signal.User.Id``
+    (nested, or a flat ``Signal.User.Id`` key as CSV has it) when its payload is a JSON object,
+    else any of them as a whole token anywhere in its text or raw bytes (``payload_base64``)."""
+    payload = letter.get("payload")
+    if isinstance(payload, str):
+        try:
+            decoded = json.loads(payload)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict) and "payload_base64" not in letter:
+            payload = decoded
+    if isinstance(payload, dict):
+        user = payload.get("Signal.User.Id")
+        signal = payload.get("Signal")
+        if user is None and isinstance(signal, dict) and isinstance(signal.get("User"), dict):
+            user = signal["User"].get("Id")
+        if user is not None and not isinstance(user, dict | list):
+            return {str(user)} & ids
+        payload = json.dumps(payload, ensure_ascii=False)  # no user id field: search the text
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    found = set(pattern.findall(text))
+    raw = letter.get("payload_base64")
+    if isinstance(raw, str):
+        found |= set(pattern.findall(base64.b64decode(raw).decode("utf-8", errors="replace")))
+    return found & ids

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
-from insights_link.core.contract import Column
+import pyarrow as pa
+
+from insights_link.core.contract import UTC_MICROS, Column
 from insights_link.errors import InsightsLinkError
 from insights_link.lake.layout import full_location
 from insights_link.lake.tableformat import Check, Snapshot, TableState
@@ -24,6 +26,8 @@ class ManifestError(InsightsLinkError, ValueError):
 
 
 INCREMENTAL_TRAIT = "is.partition.incremental"
+#: the CDM data types of this tool's columns and their Arrow types
+CDM_TYPES = {"string": pa.string(), "dateTime": UTC_MICROS}
 
 
 def entity_document(table: str, columns: tuple[Column, ...]) -> bytes:
@@ -52,6 +56,7 @@ def manifest_document(data_source: str, tables: dict[str, TableState]) -> bytes:
     """The manifest listing every committed Parquet file of every table as a data partition."""
     entities = []
     upsert = {"traitReference": INCREMENTAL_TRAIT, "arguments": [{"name": "type", "value": "Upsert"}]}
+    delete = {"traitReference": INCREMENTAL_TRAIT, "arguments": [{"name": "type", "value": "Delete"}]}
     for name in sorted(tables):
         entity = {
             "type": "LocalEntity",
@@ -62,12 +67,15 @@ def manifest_document(data_source: str, tables: dict[str, TableState]) -> bytes:
                 for location in sorted(tables[name].partitions)
             ],
         }
-        if tables[name].incremental:
+        if tables[name].incremental or tables[name].deletes:
             # Listed file by file rather than as a pattern: a pattern would make a file visible
             # the moment it lands, before its run commits.
             entity["incrementalPartitions"] = [
                 {"location": location, "exhibitsTraits": [{"traitReference": PARQUET_TRAIT}, upsert]}
                 for location in sorted(tables[name].incremental)
+            ] + [
+                {"location": location, "exhibitsTraits": [{"traitReference": PARQUET_TRAIT}, delete]}
+                for location in sorted(tables[name].deletes)
             ]
         entities.append(entity)
     doc = {
@@ -88,11 +96,23 @@ def parse_manifest(document: bytes) -> dict[str, TableState]:
         for entity in doc.get("entities", []):
             name = entity["entityName"]
             locations = [p["location"] for p in entity.get("dataPartitions", [])]
-            incremental = [p["location"] for p in entity.get("incrementalPartitions", [])]
-            tables[name] = TableState(name, locations, incremental)
+            incremental, deletes = [], []
+            for p in entity.get("incrementalPartitions", []):
+                (deletes if _partition_type(p) == "Delete" else incremental).append(p["location"])
+            tables[name] = TableState(name, locations, incremental, deletes)
         return tables
     except (ValueError, KeyError, TypeError) as exc:
         raise ManifestError(f"cannot read the existing manifest: {exc}") from exc
+
+
+def _partition_type(partition: dict) -> str:
+    """The ``is.partition.incremental`` trait's type of an incremental partition (Upsert, Delete)."""
+    for trait in partition.get("exhibitsTraits", []):
+        if trait.get("traitReference") == INCREMENTAL_TRAIT:
+            for argument in trait.get("arguments", []):
+                if argument.get("name") == "type":
+                    return argument.get("value", "Upsert")
+    return "Upsert"
 
 
 class CdmFormat:
@@ -121,6 +141,23 @@ class CdmFormat:
         key = join(data_source, f"{table}.cdm.json")
         return entity_columns(storage.read_bytes(key)) if storage.exists(key) else None
 
+    def columns(self, storage: Storage, data_source: str, table: str) -> tuple[Column, ...]:
+        """The table's columns with their types, from its entity document."""
+        key = join(data_source, f"{table}.cdm.json")
+        if not storage.exists(key):
+            raise ManifestError(f"table {table!r} has no entity document {table}.cdm.json")
+        doc = json.loads(storage.read_bytes(key))
+        columns = []
+        for attribute in doc["definitions"][0]["hasAttributes"]:
+            kind = CDM_TYPES.get(attribute["dataType"])
+            if kind is None:
+                raise ManifestError(
+                    f"table {table!r}: column {attribute['name']!r} has CDM type {attribute['dataType']!r}"
+                )
+            primary = attribute.get("purpose") == "identifiedBy"
+            columns.append(Column(attribute["name"], kind, attribute["dataType"], primary))
+        return tuple(columns)
+
     def location(self, table: str, date: str, name: str) -> str:
         return full_location(table, date, name)
 
@@ -146,7 +183,7 @@ class CdmFormat:
         """One conditional write of the manifest listing ``files`` besides the committed ones
         (and no longer the ``removed`` ones)."""
         tables = {
-            name: TableState(name, list(t.partitions), list(t.incremental))
+            name: TableState(name, list(t.partitions), list(t.incremental), list(t.deletes))
             for name, t in snapshot.tables.items()
         }
         for name in table_columns:
@@ -155,9 +192,10 @@ class CdmFormat:
         for held in tables.values():
             held.partitions = [loc for loc in held.partitions if loc not in gone]
             held.incremental = [loc for loc in held.incremental if loc not in gone]
+        kinds = {"incremental": "incremental", "deletes": "deletes"}
         for f in files:
             held = tables.setdefault(f["table"], TableState(f["table"]))
-            (held.incremental if f.get("kind") == "incremental" else held.partitions).append(f["location"])
+            getattr(held, kinds.get(f.get("kind", ""), "partitions")).append(f["location"])
         check()
         storage.write_if(
             join(data_source, MANIFEST_FILE), manifest_document(data_source, tables), snapshot.version

@@ -93,7 +93,7 @@ class LakeState:
         """Committed partition locations of ``table`` grouped by event date."""
         grouped: dict[str, list[str]] = {}
         state = self.tables.get(table)
-        for location in state.all_locations() if state else []:
+        for location in state.data_locations() if state else []:
             date = date_of_partition(location)
             if date:
                 grouped.setdefault(date, []).append(location)

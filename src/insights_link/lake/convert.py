@@ -19,21 +19,16 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import pyarrow as pa
-
 from insights_link.checkpoints import checkpoint
-from insights_link.core.contract import UTC_MICROS, Column
 from insights_link.errors import InsightsLinkError
-from insights_link.lake.cdm import MANIFEST_FILE, CdmFormat, manifest_document
+from insights_link.lake.cdm import CDM_TYPES, MANIFEST_FILE, CdmFormat, manifest_document
 from insights_link.lake.commit import Lake
-from insights_link.lake.delta import LOG_FOLDER, PARTITION, DeltaFormat
+from insights_link.lake.delta import LOG_FOLDER, DeltaFormat
 from insights_link.lake.layout import date_of_partition
 from insights_link.lake.tableformat import TableState
 from insights_link.storage import PreconditionFailed
 
 logger = logging.getLogger(__name__)
-
-_CDM_TYPES = {"string": pa.string(), "dateTime": UTC_MICROS}
 
 
 class ConvertError(InsightsLinkError, RuntimeError):
@@ -78,9 +73,9 @@ def _to_delta(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState
     delta = DeltaFormat()
     existing = delta.read(lake.storage, lake.data_source)
     for name, state in sorted(tables.items()):
-        columns = _cdm_columns(lake, name)
+        columns = CdmFormat().columns(lake.storage, lake.data_source, name)
         files = []
-        for location in state.all_locations():
+        for location in state.data_locations():
             date = date_of_partition(location)
             if date is None:
                 raise ConvertError(
@@ -88,7 +83,7 @@ def _to_delta(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState
                     "(one UTC date per file) can be converted in place"
                 )
             files.append({"location": location, "table": name, "date": date, "rows": None})
-        wanted = {loc.split("/", 1)[1] for loc in state.all_locations()}
+        wanted = {loc.split("/", 1)[1] for loc in state.data_locations()}
         if name in existing.tables:
             held = {loc.split("/", 1)[1] for loc in existing.tables[name].all_locations()}
             if held != wanted:
@@ -119,18 +114,8 @@ def _to_cdm(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
     snapshot = lake.snapshot()
     documents = {}
     for name in sorted(tables):
-        schema = delta_arrow_schema(lake, name)
-        columns = tuple(
-            Column(
-                f.name,
-                f.type,
-                "dateTime" if pa.types.is_timestamp(f.type) else "string",
-                primary_key=f.name == "ActivityId",
-            )
-            for f in schema
-            if f.name != PARTITION
-        )
-        unsupported = [c.name for c in columns if c.arrow_type not in _CDM_TYPES.values()]
+        columns = DeltaFormat().columns(lake.storage, lake.data_source, name)
+        unsupported = [c.name for c in columns if c.arrow_type not in CDM_TYPES.values()]
         if unsupported:
             raise ConvertError(
                 f"table {name!r} has columns CDM folders of this tool can't hold: {unsupported}"
@@ -155,29 +140,6 @@ def _to_cdm(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
         lake.check_lock()
         lake.storage.delete_prefix(lake.key(name, LOG_FOLDER))
     return tables
-
-
-def _cdm_columns(lake: Lake, table: str) -> tuple[Column, ...]:
-    key = lake.key(f"{table}.cdm.json")
-    if not lake.storage.exists(key):
-        raise ConvertError(f"table {table!r} has no entity document {table}.cdm.json")
-    doc = json.loads(lake.storage.read_bytes(key))
-    columns = []
-    for attribute in doc["definitions"][0]["hasAttributes"]:
-        kind = _CDM_TYPES.get(attribute["dataType"])
-        if kind is None:
-            raise ConvertError(
-                f"table {table!r}: column {attribute['name']!r} has CDM type {attribute['dataType']!r}"
-            )
-        columns.append(
-            Column(attribute["name"], kind, attribute["dataType"], attribute.get("purpose") == "identifiedBy")
-        )
-    return tuple(columns)
-
-
-def delta_arrow_schema(lake: Lake, table: str) -> pa.Schema:
-    """A Delta table's schema as Arrow (``ActivityDate`` included)."""
-    return pa.schema(DeltaFormat().open(lake.storage, lake.data_source, table).schema().to_arrow())
 
 
 def _iso(moment: datetime) -> str:

@@ -115,6 +115,20 @@ class DeltaFormat:
     def declared_columns(self, storage, data_source, snapshot: Snapshot, table: str) -> list[str] | None:
         return snapshot.columns.get(table)
 
+    def columns(self, storage: Storage, data_source: str, table: str) -> tuple[Column, ...]:
+        """The table's columns with their types, from its log's schema (ActivityDate left out)."""
+        schema = pa.schema(self.open(storage, data_source, table).schema().to_arrow())
+        return tuple(
+            Column(
+                f.name,
+                f.type,
+                "dateTime" if pa.types.is_timestamp(f.type) else "string",
+                primary_key=f.name == "ActivityId",
+            )
+            for f in schema
+            if f.name != PARTITION
+        )
+
     def location(self, table: str, date: str, name: str) -> str:
         return delta_location(table, date, name)
 

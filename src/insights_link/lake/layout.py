@@ -5,6 +5,7 @@ agree on every path::
 
     <Table>/FullData/yyyy/mm/dd/<Table>_yyyymmdd_<run>_<nnn>.parquet
     <Table>/IncrementalData/yyyy/mm/dd/hh/Upserts/<Table>_yyyymmdd_<run>_<nnn>.parquet
+    <Table>/IncrementalData/yyyy/mm/dd/hh/Deletes/<Table>_yyyymmdd_<run>_<nnn>.parquet  (forget)
     <Table>/ActivityDate=yyyy-mm-dd/<Table>_yyyymmdd_<run>_<nnn>.parquet   (Delta tables)
     <Table>/_delta_log/                     a Delta table's log (Delta tables)
     _staging/<run>/...                      a run's work in progress
@@ -54,6 +55,12 @@ def incremental_location(table: str, committed: datetime, name: str) -> str:
     """``WebLog/IncrementalData/2026/11/28/14/Upserts/<name>``: foldered by the UTC hour of the
     commit, as Customer Insights' incremental refresh expects (it reads an hour once it ended)."""
     return f"{table}/IncrementalData/{committed.astimezone(UTC):%Y/%m/%d/%H}/Upserts/{name}"
+
+
+def deletes_location(table: str, committed: datetime, name: str) -> str:
+    """``WebLog/IncrementalData/2026/11/28/14/Deletes/<name>``: the keys a run removed (forget),
+    in the hour folder of its commit, for Customer Insights' incremental refresh."""
+    return f"{table}/IncrementalData/{committed.astimezone(UTC):%Y/%m/%d/%H}/Deletes/{name}"
 
 
 def run_of(location: str) -> str | None:

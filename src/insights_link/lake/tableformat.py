@@ -31,8 +31,14 @@ class TableState:
     name: str
     partitions: list[str] = field(default_factory=list)  # CDM FullData files; every Delta file
     incremental: list[str] = field(default_factory=list)  # CDM IncrementalData/.../Upserts files
+    deletes: list[str] = field(default_factory=list)  # CDM IncrementalData/.../Deletes files (forget)
 
     def all_locations(self) -> list[str]:
+        """Every file the table references (nothing of these is ever deleted)."""
+        return self.partitions + self.incremental + self.deletes
+
+    def data_locations(self) -> list[str]:
+        """The files holding the table's rows (not the Deletes files naming removed keys)."""
         return self.partitions + self.incremental
 
 
@@ -67,6 +73,9 @@ class TableFormat(Protocol):
         self, storage: Storage, data_source: str, snapshot: Snapshot, table: str
     ) -> list[str] | None:
         """The columns a committed table declares (None when the table has none yet)."""
+
+    def columns(self, storage: Storage, data_source: str, table: str) -> tuple[Column, ...]:
+        """A committed table's columns with their types."""
 
     def location(self, table: str, date: str, name: str) -> str:
         """Where a staged file of ``table`` holding events of UTC ``date`` goes."""

@@ -1,0 +1,187 @@
+"""Forget customers: every row with one of their CustomerIds leaves every table, and every dead
+letter carrying one of their ids leaves ``_deadletter/``.
+
+Under the data source's lock: settle dead runs, find the affected files by reading the
+``CustomerId`` column only, rewrite each affected file without those rows into staging, and
+commit the rewritten files and the removal of the old ones in one conditional step per commit
+object (:meth:`Lake.commit` with ``removed=``), the same protocol and recovery as an export. A
+Delta table gets one copy-on-write transaction (removes + adds, no deletion vectors). A CDM table
+written with the incremental layout also gets a ``Deletes`` file in the commit hour's folder
+naming the removed ActivityIds (and nothing else of the customer), so Customer Insights'
+incremental refresh drops them from its copy. The old files stay on storage, unreferenced, for
+readers of the previous state, until ``vacuum`` deletes them (``forget --vacuum`` does both).
+
+Dead letters are rewritten in place after the commit (each ``_deadletter/<run>.jsonl.gz`` file
+at once, without the matching letters); a forget killed in between is completed by running it
+again. Reports count what was removed per table; they never hold an id.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from insights_link.checkpoints import checkpoint
+from insights_link.core.contract import Column
+from insights_link.core.deadletters import id_pattern, mentioned_ids
+from insights_link.lake.commit import Lake
+from insights_link.lake.layout import date_of_partition, deletes_location, partition_file_name
+from insights_link.lake.parquet import write_parquet
+
+logger = logging.getLogger(__name__)
+
+
+def schema_of(columns: tuple[Column, ...]) -> pa.Schema:
+    """The Parquet schema of a table's files (as the export writes them)."""
+    return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
+
+
+def forget(lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime]) -> dict:
+    """Remove the rows and dead letters of the customers ``ids`` (unique, non-blank); the lock
+    is held by the caller. Returns the committed report."""
+    started = clock()
+    lake.recover()
+    lake.sweep_abandoned()
+    state = lake.read_state(cache=True)
+    wanted = frozenset(ids)
+    value_set = pa.array(sorted(wanted), pa.string())
+    files: list[dict] = []
+    removed: list[dict] = []
+    table_columns: dict[str, tuple[Column, ...]] = {}
+    per_table: dict[str, dict] = {}
+    matched: set[str] = set()
+    for table, held in sorted(state.tables.items()):
+        columns = lake.format.columns(lake.storage, lake.data_source, table)
+        schema = schema_of(columns)
+        counts = {"rows_removed": 0, "files_rewritten": 0, "deletes_files": 0}
+        removed_ids: list[pa.Array] = []
+        pieces: dict[str, int] = {}
+        for location in sorted(held.data_locations()):
+            lake.check_lock()
+            with lake.storage.open_read(lake.key(location)) as f:
+                customers = pq.read_table(f, columns=["CustomerId"])["CustomerId"]
+            hit = pc.fill_null(pc.is_in(customers, value_set=value_set), False)
+            if not pc.any(hit).as_py():
+                continue
+            matched.update(pc.unique(customers.filter(hit)).to_pylist())
+            with lake.storage.open_read(lake.key(location)) as f:
+                rows = pq.read_table(f)
+            hit = pc.fill_null(pc.is_in(rows["CustomerId"], value_set=value_set), False)
+            kept = rows.filter(pc.invert(hit))
+            removed_ids.append(rows.filter(hit)["ActivityId"].combine_chunks())
+            day = date_of_partition(location) or started.astimezone(UTC).date().isoformat()
+            removed.append({"location": location, "table": table, "date": day})
+            counts["rows_removed"] += rows.num_rows - kept.num_rows
+            counts["files_rewritten"] += 1
+            if kept.num_rows:
+                files.append(_stage(lake, run_id, table, day, pieces, kept, schema))
+        if removed_ids and held.incremental and lake.format.name == "cdm":
+            files.append(_stage_deletes(lake, run_id, table, started, removed_ids, schema))
+            counts["deletes_files"] = 1
+        if counts["files_rewritten"]:
+            table_columns[table] = columns
+            per_table[table] = counts
+    report = {
+        "run_id": run_id,
+        "operation": "forget",
+        "data_source": lake.data_source,
+        "output": lake.describe(),
+        "table_format": lake.format.name,
+        "started_at": _iso(started),
+        "ids": {"given": len(wanted)},
+        "tables": per_table,
+        "rows_removed": sum(c["rows_removed"] for c in per_table.values()),
+    }
+    checkpoint("forget_before_commit")
+    report = lake.commit(run_id, report, files, [], table_columns, removed=removed, data_change=True)
+    letters, letter_files, in_letters = forget_dead_letters(lake, wanted)
+    report["ids"]["unmatched"] = len(wanted - matched - in_letters)
+    report["dead_letters_removed"] = letters
+    report["dead_letter_files_rewritten"] = letter_files
+    report["finished_at"] = _iso(clock())
+    lake.check_lock()
+    lake.storage.write_bytes(
+        lake.key("_runs", f"{run_id}.json"), (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    )
+    report["unmatched_ids"] = sorted(wanted - matched - in_letters)  # for the summary; never stored
+    return report
+
+
+def forget_dead_letters(lake: Lake, ids: frozenset[str]) -> tuple[int, int, set[str]]:
+    """Rewrite each dead-letter file without the letters carrying one of ``ids``; returns
+    (letters removed, files rewritten, the ids found). Each file is replaced at once (or
+    deleted when no letter is left)."""
+    pattern = id_pattern(ids)
+    removed = rewritten = 0
+    found: set[str] = set()
+    for obj in lake.storage.list(lake.key("_deadletter")):
+        if not obj.key.endswith(".jsonl.gz"):
+            continue
+        lines = gzip.decompress(lake.storage.read_bytes(obj.key)).splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            hits = mentioned_ids(json.loads(line), ids, pattern)
+            found |= hits
+            if not hits:
+                kept.append(line)
+        if len(kept) == len(lines):
+            continue
+        checkpoint("forget_before_dead_letters")
+        lake.check_lock()
+        if kept:
+            lake.storage.write_bytes(obj.key, gzip.compress(b"".join(kept), mtime=0))
+        else:
+            lake.storage.delete(obj.key)
+        removed += len(lines) - len(kept)
+        rewritten += 1
+    return removed, rewritten, found
+
+
+def _stage(lake: Lake, run_id: str, table: str, day: str, pieces: dict, rows: pa.Table, schema) -> dict:
+    """Write a rewritten file into the run's staging; where it goes is the format's choice."""
+    index = pieces.get(day, 0)
+    pieces[day] = index + 1
+    name = partition_file_name(table, day, run_id, index)
+    staged = lake.staging(run_id, "data", table, name)
+    count = write_parquet(lake.storage, staged, rows, schema)
+    checkpoint("after_staged_file")
+    location = lake.format.location(table, day, name)
+    return {"staged": staged, "name": name, "table": table, "date": day, "rows": count, "location": location}
+
+
+def _stage_deletes(
+    lake: Lake, run_id: str, table: str, when: datetime, ids: list[pa.Array], schema: pa.Schema
+) -> dict:
+    """The Deletes file: the removed ActivityIds and the time they were removed (LastUpdated),
+    every other column empty, so it names the keys and holds nothing else of the customer."""
+    keys = pc.unique(pa.concat_arrays(ids)).sort()
+    columns = {f.name: pa.nulls(len(keys), f.type) for f in schema}
+    columns["ActivityId"] = keys
+    if "LastUpdated" in columns:
+        columns["LastUpdated"] = pa.array([when] * len(keys), schema.field("LastUpdated").type)
+    rows = pa.table(columns, schema=pa.schema([f.with_nullable(True) for f in schema]))
+    day = when.astimezone(UTC).date().isoformat()
+    name = partition_file_name(table, day, run_id, 999)
+    staged = lake.staging(run_id, "data", table, name)
+    count = write_parquet(lake.storage, staged, rows, schema)
+    location = deletes_location(table, when, name)
+    return {
+        "staged": staged,
+        "name": name,
+        "table": table,
+        "date": day,
+        "rows": count,
+        "location": location,
+        "kind": "deletes",
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
