@@ -389,3 +389,18 @@ def test_local_lock_holder_sees_a_held_lock_without_taking_or_creating_it(tmp_pa
         handle.check()  # still ours after the probe
     assert storage.lock_holder("ds/_lock") is None  # the holder text stays, the lock does not
     assert (tmp_path / "ds" / "_lock").read_text().startswith("held by pid")
+
+
+def test_files_a_compaction_removed_are_pending_until_vacuum(lake, fmt, tmp_path):
+    more = write_jsonl(tmp_path / "more" / "third.jsonl", [event("g", ts="2024-05-01T11:00:00Z")])
+    export(more, lake, "r3", fmt)  # a second, small file on 2024-05-01
+    proc = run_cli("compact", "--lake", str(lake), "--run-id", "k1")
+    assert proc.returncode == 0, proc.stderr
+    code, report, _ = cli_json("verify", "--lake", str(lake))
+    assert code == 0, report
+    pending = report["data_sources"][0]["pending"]
+    assert len(pending) == 2 and all("k1" in p["why"] for p in pending)
+    code, report, _ = cli_json("status", "--lake", str(lake), "--runs", "1")
+    (source,) = report["data_sources"]
+    assert [(r["run_id"], r["kind"]) for r in source["runs"]["last"]] == [("k1", "compact")]
+    assert source["tables"][0]["rows"] == 5 and source["tables"][0]["files"]["count"] == 3

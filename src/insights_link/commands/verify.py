@@ -2,7 +2,7 @@
 
 The manifest or Delta logs parse; every file they list exists and is readable Parquet with the
 declared columns and types and no INT96 timestamps; no exporter-named file is left unreferenced
-(unless the next export settles it); ActivityId is non-null and unique across each table; names
+(unless the tool deletes it itself); ActivityId is non-null and unique across each table; names
 follow the naming rule; no data folder holds over 1,000 files; run reports balance. Reads only:
 never takes the lock, never writes to the lake. See docs/status-verify.md.
 """
@@ -82,5 +82,7 @@ def render(report: dict) -> str:
             f"{c['files']:,} files, {c['rows']:,} rows, {c['reports']:,} run reports"
         )
         if r["pending"]:
-            lines.append(f"  {len(r['pending'])} unreferenced file(s) the next export settles (see --json)")
+            lines.append(
+                f"  {len(r['pending'])} unreferenced file(s) pending cleanup by the tool (see --json)"
+            )
     return "\n".join(lines)

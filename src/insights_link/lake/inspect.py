@@ -547,14 +547,19 @@ def _balance(counts: dict) -> tuple[int, int] | None:
     return counts["records_read"], total
 
 
-def check_reports(source: Source, checked: Checked) -> list[Problem]:
-    """Every committed export report balances, in total and per activity."""
+def check_reports(source: Source, checked: Checked, removed: dict[str, str]) -> list[Problem]:
+    """Every committed export report balances, in total and per activity. Fills ``removed``:
+    the files committed operations took out of the tables (``partitions_removed``: compaction,
+    erasure), which stay until a vacuum deletes them -> the run that removed them."""
     problems = []
     for rel, report in _reports(source):
         checked.reports += 1
         if report is None:
             problems.append(Problem("unreadable_report", source.name, rel, "not a JSON object"))
             continue
+        if report.get("status") == "committed" and isinstance(report.get("partitions_removed"), list):
+            for location in report["partitions_removed"]:
+                removed.setdefault(str(location), f"{report.get('run_id')} ({_report_kind(report)})")
         if report.get("status") != "committed" or _report_kind(report) != "export":
             continue
         parts = [("in total", report)] + [
@@ -601,11 +606,15 @@ def _names(source: Source) -> list[Problem]:
     return problems
 
 
-def _pending(source: Source, live: bool) -> dict[str, str]:
-    """Unreferenced files the next export settles: location -> why. Files a run's commit record
-    lists (a live run still committing, or a dead run the next run rolls back or forward), and
-    the late leftovers of rolled-back runs in ``_state/abandoned.json`` (swept by every run)."""
-    pending = {}
+def _pending(source: Source, live: bool, removed: dict[str, str]) -> dict[str, str]:
+    """Unreferenced files the tool settles itself: location -> why. Files a run's commit record
+    lists (a live run still committing, or a dead run the next run rolls back or forward), the
+    late leftovers of rolled-back runs in ``_state/abandoned.json`` (swept by every run), and
+    files a committed operation removed from a table (deleted by vacuum after the retention)."""
+    pending = {
+        location: f"removed from its table by run {run}; vacuum deletes it after the retention"
+        for location, run in removed.items()
+    }
     for rel in sorted(source.objects):
         parts = rel.split("/")
         if parts[0] == "_staging" and len(parts) == 3 and parts[2] == COMMIT_RECORD:
@@ -662,16 +671,17 @@ def verify(
                 )
             )
     live = lock_state(storage, name)["held"] is True
-    pending = _pending(source, live)
+    removed: dict[str, str] = {}
+    problems += check_reports(source, checked, removed)
+    pending = _pending(source, live, removed)
     table_names = {t.name for t in source.tables}
     waiting = []
     for rel in sorted(source.objects):
-        if rel in referenced or rel in source.removed or rel.split("/", 1)[0] not in table_names:
+        if rel in referenced or rel.split("/", 1)[0] not in table_names or not _exporter_named(rel):
             continue
-        if not _exporter_named(rel):
-            continue
-        if rel in pending:
-            waiting.append({"location": rel, "why": pending[rel]})
+        if rel in pending or rel in source.removed:
+            why = pending.get(rel, "removed by a later Delta commit; vacuum deletes it after the retention")
+            waiting.append({"location": rel, "why": why})
             continue
         problems.append(
             Problem(
@@ -688,7 +698,6 @@ def verify(
                 problems += _check_table(source, table, index, checked)
         finally:
             index.close()
-    problems += check_reports(source, checked)
     return {
         "name": name,
         "location": storage.describe(name),
