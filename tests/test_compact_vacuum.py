@@ -323,6 +323,15 @@ def test_killed_vacuum_then_rerun_converges(tmp_path, step):
     assert committed_ids(lake) == sorted(r["ActivityId"] for r in before)
 
 
+def test_delta_vacuum_on_the_real_clock_right_after_a_compaction(tmp_path):
+    lake = str(tmp_path / "lake")
+    plant_runs(lake, "delta", runs=8)
+    ids = committed_ids(lake)
+    assert cli("compact", "--lake", lake)["tables"]["WebLog"]["files_after"] == len(DATES)
+    assert len(cli("vacuum", "--lake", lake, "--retain-hours", "0")["deleted"]) == 8
+    assert committed_ids(lake) == ids
+
+
 def test_unreferenced_files_without_a_record_wait_from_when_a_vacuum_first_saw_them(tmp_path):
     lake = str(tmp_path / "lake")
     ds = tmp_path / "lake" / DS
@@ -389,6 +398,7 @@ def test_exporter_naming_rule_and_bins():
     assert exporter_written("WebLog/FullData/2024/05/01/WebLog_20240501_r1_000.parquet")
     assert exporter_written("WebLog/IncrementalData/2026/11/28/14/Upserts/WebLog_20240504_r_1_000.parquet")
     assert exporter_written("WebLog/ActivityDate=2024-05-01/WebLog_20240501_x_012.parquet")
+    assert exporter_written("WebLog/IncrementalData/2026/11/28/14/Deletes/WebLog_20240504_f1_000.parquet")
     assert not exporter_written("WebLog/FullData/2024/05/01/mine.parquet")
     assert not exporter_written("WebLog/notes.txt")
     assert not exporter_written("WebLog/FullData/2024/05/02/WebLog_20240501_r1_000.parquet")  # wrong day

@@ -50,15 +50,17 @@ DEFAULT_TARGET_MB = 256
 DEFAULT_RETAIN_HOURS = 168
 MAX_ROWS_PER_FILE = 2_000_000  # the export's default --max-rows-per-file
 VACUUM_STATE = "vacuum.json"
+SKEW_TOLERANCE_HOURS = 0.01  # 36 s: the operation's clock read moments before Delta's
 SORT_KEYS = [("ActivityTime", "ascending"), ("ActivityId", "ascending")]
 _CDM_ARROW = {"string": pa.string(), "dateTime": UTC_MICROS}
 
 _NAME = r"(?P<table>[A-Za-z][A-Za-z0-9_]*)"
 _FILE = r"(?P=table)_(?P<ymd>\d{8})_[^/]+_\d{3,}\.parquet"
-#: where the exporter puts its files (CDM FullData, CDM IncrementalData, Delta partitions)
+#: where the exporter puts its files (CDM FullData, CDM IncrementalData Upserts and forget's
+#: Deletes, Delta partitions)
 _EXPORTER_FILES = [
     re.compile(rf"{_NAME}/FullData/(?P<y>\d{{4}})/(?P<m>\d{{2}})/(?P<d>\d{{2}})/{_FILE}"),
-    re.compile(rf"{_NAME}/IncrementalData/\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/Upserts/{_FILE}"),
+    re.compile(rf"{_NAME}/IncrementalData/\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/(Upserts|Deletes)/{_FILE}"),
     re.compile(rf"{_NAME}/ActivityDate=(?P<y>\d{{4}})-(?P<m>\d{{2}})-(?P<d>\d{{2}})/{_FILE}"),
 ]
 
@@ -75,7 +77,7 @@ def exporter_written(location: str) -> bool:
     """Whether ``location`` (relative to the data source) is where and how the exporter names its
     data files: ``<Table>/FullData/yyyy/mm/dd/<Table>_<yyyymmdd>_<run>_<nnn>.parquet`` (the date
     in the name equal to the folder's), ``<Table>/IncrementalData/yyyy/mm/dd/hh/Upserts/...`` or
-    ``<Table>/ActivityDate=yyyy-mm-dd/...``. Vacuum deletes nothing else."""
+    ``.../Deletes/...`` or ``<Table>/ActivityDate=yyyy-mm-dd/...``. Vacuum deletes nothing else."""
     for pattern in _EXPORTER_FILES:
         match = pattern.fullmatch(location)
         if match:
@@ -368,7 +370,7 @@ def vacuum(lake: Lake, run_id: str, clock: Clock, retain_hours: float, dry_run: 
     referenced = snapshot.referenced()
     retention = timedelta(hours=retain_hours)
     if lake.format.name == "delta":
-        doomed, waiting = _delta_candidates(lake, snapshot, referenced, started, retain_hours)
+        doomed, waiting = _delta_candidates(lake, snapshot, referenced, clock(), retain_hours)
     else:
         doomed, waiting = _cdm_candidates(lake, snapshot, referenced, started, retention, dry_run)
     report: dict = {
@@ -513,14 +515,16 @@ def _delta_candidates(
 ) -> tuple[list[tuple[str, int]], list[dict]]:
     """Delta: what Delta's own vacuum (dry run, full) would delete, of it only exporter files.
 
-    Delta measures the retention on the real clock; the operation's clock (``--run-time``)
-    shifts it, so both agree on when a removal's ``deletionTimestamp`` expired."""
+    Delta measures the retention on the real clock, in whole hours; the operation's clock
+    (``--run-time``) shifts it, so both agree on when a removal's ``deletionTimestamp`` (written
+    on the operation's clock) expired. Rounded up, less a tolerance of 36 s so that the moments
+    between reading the operation's clock and Delta reading its own don't add an hour."""
     from deltalake.exceptions import DeltaError
 
     from insights_link.lake.delta import DeltaFormat
 
     skew_hours = (datetime.now(UTC) - now).total_seconds() / 3600
-    hours = max(0, math.ceil(retain_hours + skew_hours))
+    hours = max(0, math.ceil(retain_hours + skew_hours - SKEW_TOLERANCE_HOURS))
     delta = DeltaFormat()
     doomed, waiting = [], []
     for table in sorted(snapshot.tables):
