@@ -153,16 +153,24 @@ def _schema(columns: tuple[Column, ...]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
 
 
-def fingerprint(table: pa.Table) -> tuple[int, str]:
-    """(rows, checksum) of ``table``: the checksum is the sum (mod 2**64, hex) of a hash of each
-    row's values, so it is independent of row order and file boundaries."""
-    names = ", ".join('"' + name.replace('"', '""') + '"' for name in table.column_names)
+def fingerprint(table: pa.Table | pa.RecordBatchReader) -> tuple[int, str]:
+    """(rows, checksum) of ``table`` (a reader is streamed): the checksum is the sum (mod 2**64,
+    hex) of a hash of each row's values, so it is independent of row order and file boundaries."""
+    names = ", ".join('"' + name.replace('"', '""') + '"' for name in table.schema.names)
     with duckdb.connect() as con:
         con.register("t", table)
         rows, total = con.execute(  # type: ignore[misc]
             f"SELECT count(*), coalesce(sum(hash({names})::HUGEINT), 0) FROM t"
         ).fetchone()
     return int(rows), f"{int(total) % (1 << 64):016x}"
+
+
+def _file_fingerprint(lake: Lake, key: str) -> tuple[int, str]:
+    """:func:`fingerprint` of a Parquet object, read back batch by batch (bounded memory)."""
+    with lake.storage.open_read(key) as f:
+        parquet = pq.ParquetFile(f)
+        batches = parquet.iter_batches(batch_size=1 << 17)
+        return fingerprint(pa.RecordBatchReader.from_batches(parquet.schema_arrow, batches))
 
 
 def plan_bins(files: dict[str, int], target: int) -> list[tuple[list[str], int]]:
@@ -296,10 +304,11 @@ def _compact_date(
                     f"{location} lacks the table's columns {missing}; nothing was committed"
                 )
             pieces.append(piece.select(schema.names).cast(schema))
-        rows = pa.concat_tables(pieces).sort_by(SORT_KEYS)
+        rows = pa.concat_tables(pieces)  # no copy: the pieces' chunks
         del pieces
         n, checksum = fingerprint(rows)
         before_rows, before_sums = before_rows + n, before_sums + int(checksum, 16)
+        rows = rows.sort_by(SORT_KEYS)  # the sorted copy is what stays
         # split only when one output would exceed the target (or the export's most rows a file)
         parts = max(1, math.ceil(size / target), math.ceil(rows.num_rows / MAX_ROWS_PER_FILE))
         step = math.ceil(rows.num_rows / parts) if rows.num_rows else 1
@@ -321,8 +330,7 @@ def _compact_date(
                 }
             )
             written.append(location)
-            with lake.storage.open_read(staged) as f:  # what was written, read back
-                n, checksum = fingerprint(pq.read_table(f))
+            n, checksum = _file_fingerprint(lake, staged)  # what was written, read back
             after_rows, after_sums = after_rows + n, after_sums + int(checksum, 16)
         merged += locations
         checkpoint("compact_after_staged_bin", table=table, date=date)
