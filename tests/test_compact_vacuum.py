@@ -370,6 +370,23 @@ def test_dry_run_needs_no_lock_and_a_real_vacuum_waits_for_it(tmp_path):
     assert sorted(o.key.rsplit("/", 1)[-1] for o in storage.list(f"{DS}/_runs")) == ["c1.json"]
 
 
+@pytest.mark.parametrize("fmt", ["cdm", "delta"])
+def test_vacuum_settles_a_dead_compaction_and_a_dry_run_leaves_its_files_to_that(tmp_path, fmt):
+    lake = str(tmp_path / "lake")
+    plant_runs(lake, fmt, runs=8)
+    ids = committed_ids(lake)
+    killed = run_killed("after_moves", "compact", "--lake", lake, "--run-id", "k1")
+    assert killed.returncode == -signal.SIGKILL
+    placed = {loc for loc in parquet_on_storage(lake) if "_k1_" in loc}
+    assert len(placed) == len(DATES)  # placed, never committed
+    dry = cli("vacuum", "--lake", lake, "--retain-hours", "0", "--dry-run")
+    assert dry["deleted"] == [] and open_storage(lake).list(f"{DS}/_staging/k1")
+    done = cli("vacuum", "--lake", lake, "--run-id", "v1", "--retain-hours", "0")
+    assert done["recovered"] == {"k1": "rolled back"} and done["deleted"] == []
+    assert not placed & parquet_on_storage(lake) and not open_storage(lake).list(f"{DS}/_staging")
+    assert committed_ids(lake) == ids
+
+
 def test_usage_errors_and_a_reused_run_id(tmp_path):
     lake = str(tmp_path / "lake")
     plant_runs(lake, "cdm", runs=4)

@@ -416,17 +416,25 @@ def vacuum(lake: Lake, run_id: str, clock: Clock, retain_hours: float, dry_run: 
     return report
 
 
-def _unreferenced(lake: Lake, snapshot, referenced: set[str]) -> dict[str, int]:
-    """Exporter-written data files below the table folders that no commit references now,
-    except those a staged commit record lists (a dead run the next locked run settles)."""
-    prefix = len(lake.key()) + 1
+def _pending(lake: Lake) -> set[str]:
+    """Locations a staged commit record lists: a dead run's files the next locked run settles
+    (only a dry run, which does not recover, finds any)."""
     pending: set[str] = set()
+    depth = lake.key().count("/") + 3  # <ds>/_staging/<run>/commit.json
     for obj in lake.storage.list(lake.key("_staging")):
-        if obj.key.endswith("/" + COMMIT_RECORD) and obj.key.count("/") == lake.key().count("/") + 3:
+        if obj.key.endswith("/" + COMMIT_RECORD) and obj.key.count("/") == depth:
             try:
                 pending |= set(json.loads(lake.storage.read_bytes(obj.key)).get("locations", []))
             except ValueError:
                 continue
+    return pending
+
+
+def _unreferenced(lake: Lake, snapshot, referenced: set[str]) -> dict[str, int]:
+    """Exporter-written data files below the table folders that no commit references now,
+    except those a staged commit record lists."""
+    prefix = len(lake.key()) + 1
+    pending = _pending(lake)
     found = {}
     for table in sorted(snapshot.tables):
         for obj in lake.storage.list(lake.key(table)):
@@ -534,6 +542,7 @@ def _delta_candidates(
     skew_hours = (datetime.now(UTC) - now).total_seconds() / 3600
     hours = max(0, math.ceil(retain_hours + skew_hours - SKEW_TOLERANCE_HOURS))
     delta = DeltaFormat()
+    pending = _pending(lake)
     doomed, waiting = [], []
     for table in sorted(snapshot.tables):
         dt = delta.open(lake.storage, lake.data_source, table)
@@ -548,7 +557,7 @@ def _delta_candidates(
         chosen = {f"{table}/{path}" for path in listed}
         sizes = {o.key[len(lake.key()) + 1 :]: o.size for o in lake.storage.list(lake.key(table))}
         for location in sorted(sizes):
-            if location in referenced or not exporter_written(location):
+            if location in referenced or location in pending or not exporter_written(location):
                 continue
             if location in chosen:
                 doomed.append((location, sizes[location]))
