@@ -145,6 +145,10 @@ def check_compact_and_vacuum(lake_url: str, fmt: str, tmp_path) -> None:
         assert old.drop_columns(["ActivityDate"]).sort_by("ActivityId").to_pylist() == before
         log = DeltaTable(uri, storage_options=options).history(1)[0]
         assert log.get("insights_link.run_id") == "c1"
+        last = sorted(o.key for o in storage.list(f"{DS}/WebLog/_delta_log") if o.key.endswith(".json"))[-1]
+        actions = [json.loads(line) for line in storage.read_bytes(last).splitlines()]
+        assert not any("metaData" in a or "protocol" in a for a in actions)  # the schema as it was
+        assert all(a[k]["dataChange"] is False for a in actions for k in ("add", "remove") if k in a)
     # nothing left to do: a second compaction commits nothing
     again = compact(lake_url, "c2", 0.5)
     assert again["nothing_to_do"] is True and committed_locations(storage, DS) == new_locations
@@ -267,6 +271,7 @@ def test_incremental_hour_folders_are_never_rewritten(tmp_path):
     stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in hours}
     manifest = json.loads((ds / MANIFEST_FILE).read_text())
     incremental = manifest["entities"][0]["incrementalPartitions"]
+    entity = (ds / "WebLog.cdm.json").read_bytes()
     ids = committed_ids(lake)
 
     report = compact(lake, "c1", 10)
@@ -275,6 +280,7 @@ def test_incremental_hour_folders_are_never_rewritten(tmp_path):
     assert all("/FullData/" in loc for loc in report["partitions_removed"] + report["partitions_written"])
     after = json.loads((ds / MANIFEST_FILE).read_text())["entities"][0]
     assert after["incrementalPartitions"] == incremental
+    assert (ds / "WebLog.cdm.json").read_bytes() == entity  # the columns declared as before
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in hours} == stamps
     vacuum(lake, "v1", 11, "--retain-hours", "0")
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in hours} == stamps

@@ -18,6 +18,9 @@ Holds the data source's lock; --dry-run lists what it would delete and changes n
 docs/maintenance.md."""
 
 
+SHOWN = 20  # deleted files named in the summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = lake_parser("insights-link vacuum", DESCRIPTION)
     parser.add_argument(
@@ -63,7 +66,9 @@ def summary(report: dict) -> str:
         + (": dry run, nothing was deleted" if dry else ""),
         f"  {verb} {len(report['deleted'])} file(s), {report['bytes_deleted']:,} bytes",
     ]
-    lines += [f"    {d['location']}" for d in report["deleted"]]
+    lines += [f"    {d['location']}" for d in report["deleted"][:SHOWN]]
+    if len(report["deleted"]) > SHOWN:
+        lines.append(f"    ... and {len(report['deleted']) - SHOWN} more (the report lists them all)")
     if report["waiting"]:
         lines.append(
             f"  {len(report['waiting'])} unreferenced file(s) kept for --retain-hours {report['retain_hours']:g}"
