@@ -6,6 +6,7 @@ from insights_link.commands.common import Clock, checked, clock_and_id, detect_f
 from insights_link.errors import DataSourceBusy, UsageError
 from insights_link.lake import TABLE_FORMATS
 from insights_link.lake.commit import LakeBusy
+from insights_link.lake.delta import DeltaFormat, check_delta_location
 
 DESCRIPTION = """Convert a data source in place, without copying data: --to delta writes one Delta
 table log per entity over the existing Parquet files and then removes the CDM manifest; --to cdm
@@ -20,18 +21,27 @@ def build_parser():
     return parser
 
 
+def _leftovers(lake, held: str) -> bool:
+    """Whether a conversion to ``held`` stopped after its switch, leaving entity documents."""
+    if held != "delta":
+        return False
+    tables = DeltaFormat().tables(lake.storage, lake.data_source)
+    return any(lake.storage.exists(lake.key(f"{name}.cdm.json")) for name in tables)
+
+
 def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     """Convert; returns the report and its one-paragraph summary."""
     from insights_link.lake.convert import convert
 
     args = build_parser().parse_args(argv)
+    check_delta_location(args.lake, "--lake")
     clock, run_id = clock_and_id(args, clock)
     probe = open_lake(args, clock, "cdm")
     held = detect_format(probe.storage, probe.data_source)
-    if held == args.to:
+    if held == args.to and not _leftovers(probe, held):
         raise UsageError(f"data source {probe.data_source!r} already is {args.to}; nothing to convert")
-    source = "delta" if args.to == "cdm" else "cdm"  # "both": a conversion to finish
-    lake = open_lake(args, clock, source)
+    # "both" (a conversion stopped half way): the manifest counts; converting again finishes it
+    lake = open_lake(args, clock, "cdm" if held == "both" else held)
     try:
         with lake.locked(checked(args)["lock_wait"]):
             report = convert(lake, args.to, run_id, clock)

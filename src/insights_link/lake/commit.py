@@ -194,6 +194,11 @@ class Lake:
         conditional on. ``cache=False`` reads only (a dry run: no lock, no writes)."""
         self.check_format()
         snapshot = self.snapshot()
+        for table, problem in sorted(snapshot.problems.items()):
+            raise FormatMismatch(
+                f"{self.format.name} table {table!r} of data source {self.data_source!r} can't be "
+                f"written by insights-link: {problem}"
+            )
         self.planned_version = snapshot.version
         columns = {}
         for name in snapshot.tables:
@@ -622,10 +627,16 @@ class Lake:
             )
             return
         except PreconditionFailed as exc:
-            failure: StorageError = exc
-        except StorageError as exc:
+            failure: Exception = exc
+        except (StorageError, CommitLost) as exc:  # CommitLost: the lock went between two tables
             failure = exc
         visible = self._visible([f["location"] for f in files], [r["location"] for r in removed])
+        if isinstance(failure, CommitLost) and visible in ("all", "some"):
+            why = failure.__cause__ or failure
+            raise CommitUnfinished(
+                f"the run committed, but it lost the lock before finishing ({why}); "
+                "the run holding it now (or the next run) finishes it"
+            ) from failure
         if visible == "all":
             logger.warning("the commit reported %s, but this run's files are listed: committed", failure)
             return

@@ -6,10 +6,11 @@ where they are (``WebLog/FullData/2024/05/01/x.parquet`` becomes ``FullData/2024
 with partition value ``ActivityDate=2024-05-01``); Delta -> CDM writes entity documents and a
 manifest listing each table's current files. Under the data source's lock, every write fenced.
 
-The switch is one step at the end: removing the old format's commit object(s) (the manifest, or
-the ``_delta_log`` folders). Until then the data source still is the old format, and runs refuse
-to write to it while both exist; a conversion killed half way is completed by running it again
-(tables or documents it already wrote are recognized, never written twice).
+The switch is one step: to Delta, removing the manifest (after every table's log is written); to
+CDM, writing the manifest (listing every table). While both a manifest and Delta logs exist, the
+manifest is what counts, runs refuse to write, and running the conversion again completes it:
+tables or documents it already wrote are recognized, never written twice, and what is left of the
+old format (entity documents, logs, even a log removed half way) is removed.
 """
 
 from __future__ import annotations
@@ -44,15 +45,19 @@ def convert(lake: Lake, target: str, run_id: str, clock: Callable[[], datetime])
     source = lake.snapshot()
     if not source.tables:
         raise ConvertError(f"data source {lake.data_source!r} holds no {lake.format.name} tables to convert")
-    if target == "delta":
+    if target == "delta" and lake.format.name == "delta":  # the switch happened: finish it
+        tables = _drop_cdm_documents(lake, source.tables)
+    elif target == "delta":
         tables = _to_delta(lake, source.tables)
+    elif lake.format.name == "cdm":  # the manifest is written: finish the switch
+        tables = _drop_delta_logs(lake, source.tables)
     else:
         tables = _to_cdm(lake, source.tables)
     report = {
         "run_id": run_id,
         "status": "committed",
         "operation": "convert",
-        "from": lake.format.name,
+        "from": "cdm" if target == "delta" else "delta",
         "to": target,
         "data_source": lake.data_source,
         "output": lake.describe(),
@@ -103,9 +108,25 @@ def _to_delta(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState
     checkpoint("before_format_switch")
     lake.check_lock()
     lake.storage.delete(lake.key(MANIFEST_FILE))
+    return _drop_cdm_documents(lake, tables)
+
+
+def _drop_cdm_documents(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
+    """After the switch to Delta: remove the entity documents the manifest used."""
     for name in sorted(tables):
+        checkpoint("convert_before_document_removal")
         lake.check_lock()
         lake.storage.delete(lake.key(f"{name}.cdm.json"))
+    return tables
+
+
+def _drop_delta_logs(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
+    """After the switch to CDM (the manifest lists every table): remove the tables' Delta logs.
+    A log removed half way is no problem: from here on the manifest is what counts."""
+    for name in sorted(tables):
+        checkpoint("convert_before_log_removal")
+        lake.check_lock()
+        lake.storage.delete_prefix(lake.key(name, LOG_FOLDER))
     return tables
 
 
@@ -134,11 +155,10 @@ def _to_cdm(lake: Lake, tables: dict[str, TableState]) -> dict[str, TableState]:
             lake.storage.write_if(lake.key(MANIFEST_FILE), manifest, version)
         except PreconditionFailed as exc:
             raise ConvertError(f"the manifest changed meanwhile ({exc}); run the conversion again") from exc
-    # the switch: the data source stops being Delta tables (only the logs this tool wrote go)
+    # the switch happened with the manifest write: the data source is a CDM folder now, whose
+    # tables were the Delta tables (their logs go; the data files stay, listed by the manifest)
     checkpoint("before_format_switch")
-    for name in sorted(snapshot.tables):
-        lake.check_lock()
-        lake.storage.delete_prefix(lake.key(name, LOG_FOLDER))
+    _drop_delta_logs(lake, snapshot.tables)
     return tables
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pyarrow as pa
 
 from insights_link.checkpoints import checkpoint
 from insights_link.core.contract import Column
+from insights_link.errors import UsageError
 from insights_link.lake.cdm import MANIFEST_FILE
 from insights_link.lake.tableformat import Check, Snapshot, TableState
 from insights_link.storage import PreconditionFailed, Storage, StorageError, is_remote, join
@@ -47,6 +49,50 @@ def table_schema(columns: tuple[Column, ...]) -> pa.Schema:
 def delta_location(table: str, date: str, name: str) -> str:
     """``WebLog/ActivityDate=2024-05-01/<name>``: Hive-style, as Delta writers lay files out."""
     return f"{table}/{PARTITION}={date}/{name}"
+
+
+#: table features that take a table beyond what Customer Insights reads (or this tool keeps)
+UNREADABLE_FEATURES = {
+    "deletionVectors",
+    "timestampNtz",
+    "liquidClustering",
+    "clustering",
+    "typeWidening",
+    "typeWidening-preview",
+    "variantType",
+    "variantType-preview",
+    "domainMetadata",
+}
+
+
+def unwritable(dt) -> str | None:
+    """Why this tool must not write to an existing Delta table, or None: not partitioned by
+    ``ActivityDate`` alone (the per-date dedupe would miss its rows), or beyond what Customer
+    Insights reads (reader protocol above 2, deletion vectors, timestamp_ntz, clustering, type
+    widening, variant)."""
+    protocol = dt.protocol()
+    partitions = list(dt.metadata().partition_columns)
+    if partitions != [PARTITION]:
+        return f"it is partitioned by {partitions or 'nothing'}, not by [{PARTITION!r}]"
+    features = set(protocol.reader_features or ()) | set(protocol.writer_features or ())
+    if protocol.min_reader_version > 2 or features & UNREADABLE_FEATURES:
+        shown = sorted(features & UNREADABLE_FEATURES) or [f"reader version {protocol.min_reader_version}"]
+        return f"it uses {', '.join(shown)}, which Customer Insights does not read"
+    schema = dt.schema().to_json()
+    for kind in ("timestamp_ntz", "variant"):
+        if f'"{kind}"' in schema:
+            return f"it has {kind} columns, which Customer Insights does not read"
+    return None
+
+
+def check_delta_location(url: str, flag: str) -> None:
+    """Refuse a lake root delta-rs can't round-trip: it decodes ``%XX`` when it reads a table
+    back but not when it writes one (deltalake 1.6), so such a table would be unreadable."""
+    if re.search("%[0-9A-Fa-f]{2}", url.split("?", 1)[0]):
+        raise UsageError(
+            f"{flag} {url.split('?', 1)[0]!r} holds a %XX sequence, which delta-rs decodes when it reads "
+            "a Delta table back but not when it writes one; choose a path without '%' for Delta tables"
+        )
 
 
 def _clean(storage: Storage, exc: BaseException) -> str:
@@ -93,6 +139,7 @@ class DeltaFormat:
         tables: dict[str, TableState] = {}
         versions: dict[str, int] = {}
         columns: dict[str, list[str]] = {}
+        problems: dict[str, str] = {}
         for name in self.tables(storage, data_source):
             dt = self.open(storage, data_source, name)
             try:
@@ -105,7 +152,10 @@ class DeltaFormat:
             tables[name] = TableState(name, sorted(f"{name}/{p}" for p in paths))
             versions[name] = dt.version()
             columns[name] = [f.name for f in schema.fields if f.name != PARTITION]
-        return Snapshot(tables, versions, None, columns)
+            problem = unwritable(dt)
+            if problem:
+                problems[name] = problem
+        return Snapshot(tables, versions, None, columns, problems)
 
     def foreign(self, storage: Storage, data_source: str) -> str | None:
         if storage.exists(join(data_source, MANIFEST_FILE)):

@@ -53,6 +53,7 @@ class Snapshot:
     version: object
     data: bytes | None = None
     columns: dict[str, list[str]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # table -> why this tool must not write it
 
     def referenced(self) -> set[str]:
         return {loc for t in self.tables.values() for loc in t.all_locations()}

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from insights_link.core.contract import activity_columns
 from insights_link.errors import UsageError
+from insights_link.lake.delta import check_delta_location
 from insights_link.pipeline.beam_args import BEAM_OPTIONS_DOC, check_runner, unknown_beam_arguments
 from insights_link.pipeline.jobfile import Job, JobFileError, load_job
 from insights_link.pipeline.spec import (
@@ -169,6 +170,8 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
             activity_columns(a.properties)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if settings.get("table_format") == "delta":
+        check_delta_location(output, "--output")
     if settings.get("table_format") == "delta" and settings.get("layout") == "incremental":
         raise UsageError(
             "--layout incremental applies to CDM folders only: a Delta table's versions already "
