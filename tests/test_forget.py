@@ -191,3 +191,17 @@ def test_ids_file_with_blanks_and_repeats_and_usage_errors(tmp_path):
     assert missing.returncode == 2 and "nope.txt" in missing.stderr
     reports = run_reports(lake / DS)
     assert all(GONE not in json.dumps(r) for r in reports)
+
+
+@pytest.mark.parametrize("fmt", ["cdm", "delta"])
+def test_forget_vacuum_deletes_the_old_files_at_once(tmp_path, fmt):
+    lake = tmp_path / "lake"
+    _export(_events(tmp_path), lake, "--table-format", fmt)
+    proc = _forget(lake, GONE, extra=("--vacuum",))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((lake / DS / "_runs" / "f1.json").read_text())
+    old = report["partitions_removed"]
+    assert old and not any((lake / DS / loc).exists() for loc in old)
+    assert committed_ids(str(lake)) == ["a1", "s1", "s2"]  # settled: no unreferenced file left
+    on_disk = b"".join(p.read_bytes() for p in (lake / DS).rglob("*.parquet"))
+    assert GONE.encode() not in on_disk
