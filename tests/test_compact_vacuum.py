@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from conftest import COMMIT_STEPS, event, run_cli, run_killed, write_jsonl
-from faults.lake_checks import committed_ids, committed_locations
+from conftest import COMMIT_STEPS, event, run_cli, run_killed, start_cli, write_jsonl
+from faults.lake_checks import committed_ids, committed_locations, wait_for_file
 from insights_link.core.contract import ACTIVITY_COLUMNS, activity_schema
 from insights_link.lake.cdm import MANIFEST_FILE, entity_document, manifest_document
 from insights_link.lake.delta import DeltaFormat, delta_location
@@ -336,6 +336,23 @@ def test_delta_vacuum_on_the_real_clock_right_after_a_compaction(tmp_path):
     assert cli("compact", "--lake", lake)["tables"]["WebLog"]["files_after"] == len(DATES)
     assert len(cli("vacuum", "--lake", lake, "--retain-hours", "0")["deleted"]) == 8
     assert committed_ids(lake) == ids
+
+
+def test_sigterm_during_a_compaction_rolls_it_back_and_exits_143(tmp_path):
+    lake = str(tmp_path / "lake")
+    plant_runs(lake, "cdm", runs=8)
+    before = committed_locations(open_storage(lake), DS)
+    pause = tmp_path / "pause"
+    env = {"INSIGHTS_LINK_PAUSE_AT": "compact_after_staged_bin", "INSIGHTS_LINK_PAUSE_FILE": str(pause)}
+    proc = start_cli("compact", "--lake", lake, "--run-id", "t1", env=env)
+    wait_for_file(pause, proc)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    storage = open_storage(lake)
+    assert committed_locations(storage, DS) == before
+    assert json.loads(storage.read_bytes(f"{DS}/_runs/t1.json"))["status"] == "failed"
+    assert not storage.list(f"{DS}/_staging") and not any("_t1_" in p for p in parquet_on_storage(lake))
 
 
 def test_unreferenced_files_without_a_record_wait_from_when_a_vacuum_first_saw_them(tmp_path):
