@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -223,8 +224,6 @@ def compact(lake: Lake, run_id: str, clock: Clock, target_bytes: int) -> dict:
 
 def _settle_failure(lake: Lake, run_id: str, report: dict, exc: BaseException, clock: Clock) -> None:
     """Roll a failed compaction back (or forward, had it committed) like a dead run, now."""
-    import signal
-
     failed = dict(report, error=(str(exc).splitlines() or [type(exc).__name__])[0], finished_at=_iso(clock()))
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
