@@ -63,6 +63,19 @@ def summary_text(report: dict) -> str:
     lines.append(f"  data source:         {report.get('output')}" + (" (not written)" if dry else ""))
     if report.get("dead_letters"):
         lines.append(f"  dead letters:        {report['dead_letters']}")
+    if "replay" in report:
+        r = report["replay"]
+        lines.append(
+            f"  replayed:            {r.get('tied', 0)} record(s) of open dead letters"
+            + (f": {r['resolved']} resolved, {r['open']} still open" if "resolved" in r else "")
+        )
+        ignored = {k: r.get(k, 0) for k in ("ignored_resolved", "ignored_unknown", "untied")}
+        if any(ignored.values()):
+            lines.append(
+                f"    ignored: {ignored['ignored_resolved']} of resolved letters, "
+                f"{ignored['ignored_unknown']} of unknown letters; {ignored['untied']} untied record(s) "
+                "exported as plain input"
+            )
     lines.extend(f"warning: {text}" for text in report.get("warnings", []))
     return "\n".join(lines)
 
@@ -144,14 +157,16 @@ COMMANDS = {
     "vacuum": "delete files no commit references any more, after a retention",
     "forget": "erase customers: their rows in every table and their dead letters",
     "convert": "convert a data source between the CDM folder and Delta tables, in place",
+    "dead-letters": "list rejected records (open and resolved), export them to fix and --replay",
     "help": "show the help of a command: insights-link help export",
 }
 #: subcommands working on a data source, each a module of insights_link.commands
-LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "forget", "convert")
+LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "forget", "convert", "dead-letters")
 
 
 def top_level_help() -> str:
-    commands = "\n".join(f"  {name:<10}{text}" for name, text in COMMANDS.items())
+    width = max(10, *(len(name) + 2 for name in COMMANDS))
+    commands = "\n".join(f"  {name:<{width}}{text}" for name, text in COMMANDS.items())
     return f"""usage: insights-link [--version] [--help] COMMAND [ARGS]
 
 Moves refined web engagement events into a Customer Insights - Data lake as activity data:
@@ -290,7 +305,7 @@ def lake_command(name: str, argv: list[str]) -> int:
 
     from insights_link.errors import DataSourceBusy, InsightsLinkError, Interrupted, UsageError
 
-    module = importlib.import_module(f"insights_link.commands.{name}")
+    module = importlib.import_module(f"insights_link.commands.{name.replace('-', '_')}")
     if "-h" in argv or "--help" in argv:
         print(module.build_parser().format_help())
         return EXIT_OK

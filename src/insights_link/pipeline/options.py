@@ -90,6 +90,7 @@ class RunConfig:
     dedupe_window_days: int = DEFAULT_DEDUPE_WINDOW_DAYS
     block_records: int = DEFAULT_BLOCK_RECORDS
     dry_run: bool = False
+    replay: bool = False  # the inputs are fixed dead letters (see insights_link.lake.deadletters)
     quiet: bool = False
     verbose: bool = False
     job: str | None = None
@@ -206,6 +207,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         dedupe_window_days=int(settings.get("dedupe_window_days", DEFAULT_DEDUPE_WINDOW_DAYS)),
         block_records=int(settings.get("block_records", DEFAULT_BLOCK_RECORDS)),
         dry_run=settings.get("dry_run", False),
+        replay=settings.get("replay", False),
         quiet=settings.get("quiet", False),
         verbose=settings.get("verbose", False),
         job=job.path if job else None,

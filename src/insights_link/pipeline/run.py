@@ -52,6 +52,7 @@ from insights_link.lake.commit import (
     LakeBusy,
     LakeState,
 )
+from insights_link.lake.deadletters import dry_replay, replay_files, settle_replays, start_replay
 from insights_link.lifecycle import mark_launcher
 from insights_link.pipeline.graph import (
     COUNTS,
@@ -99,6 +100,8 @@ def run(
             return config.run_time
 
     inputs = _resolve_all(config)
+    if config.replay:
+        inputs = Inputs(replay_files(inputs.files), inputs.warnings)
     try:
         lake = Lake(
             open_storage(config.output), config.data_source, table_format(config.table_format), clock=clock
@@ -245,6 +248,10 @@ def _locked_run(
     plan = _plan(config, lake, inputs.files, cache=True)
     state, columns, all_files, work, specs = plan.state, plan.columns, plan.all_files, plan.work, plan.specs
     report = _report_head(config, lake, plan, "running", clock) | {"warnings": list(inputs.warnings)}
+    settle_replays(lake, clock)  # the resolutions of a replay that committed but died before writing them
+    if config.replay:
+        replay = start_replay(lake, config.run_id, work, config.output, config.dedupe_window_days)
+        work, report["replay"] = replay.work, dict(replay.counts)
     logger.info(
         "run %s: %d input file(s), %d to process, %d skipped",
         config.run_id,
@@ -296,6 +303,15 @@ def _locked_run(
             interrupted.committed = settled == "committed"  # type: ignore[attr-defined]
             raise interrupted from exc
         raise RunFailed(f"pipeline failed: {_first_line(exc)}") from exc
+    if config.replay:
+        try:
+            settled = settle_replays(lake, clock, only=config.run_id)
+        except StorageError as exc:
+            raise CommittedWithErrors(
+                f"the run committed, but recording what the replay resolved failed ({exc}); "
+                "the next run records it"
+            ) from exc
+        report["replay"] = report.get("replay", {}) | settled.get(config.run_id, {})
     if config.grant_read:
         try:
             lake.storage.grant_read(lake.key(), list(config.grant_read))
@@ -422,6 +438,9 @@ def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake, inputs: In
     )
     work_dir = tempfile.mkdtemp(prefix="insights-link-dry-run-")
     try:
+        if config.replay:
+            replay = dry_replay(lake, plan.work, work_dir)
+            plan.work, report["replay"] = replay.work, dict(replay.counts)
         display = Progress(
             len(plan.work), sum(f.size for f, _ in plan.work), mode_for(config.quiet, config.log_format)
         )
@@ -430,7 +449,7 @@ def _dry_run(config: RunConfig, options: PipelineOptions, lake: Lake, inputs: In
                 config, options, lake, plan.state, plan.specs, plan.work, staging_url=work_dir
             )
         examples = _examples(open_storage(work_dir), outcome["dead_letter_files"])
-    except (StorageError, RunFailed, OSError, KeyboardInterrupt):
+    except (StorageError, RunFailed, UsageError, OSError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a worker error surfaces here wrapped by the runner
         if lifecycle.received_signal is not None:  # a signal raised inside a DoFn, re-wrapped

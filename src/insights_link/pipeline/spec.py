@@ -222,6 +222,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="TIME",
     ),
     Option(
+        "--replay",
+        "replay",
+        "bool",
+        "the inputs are fixed dead letters (dead-letters --export): mark each letter resolved, or "
+        "open with its new reason",
+        default=False,
+    ),
+    Option(
         "--reprocess",
         "reprocess",
         "bool",
