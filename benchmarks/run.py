@@ -30,10 +30,18 @@ verify reports no speed.
 a copy of a data source already holding the 3M-event run, against the same run into an empty
 data source.
 
+``--table-formats cdm,delta`` adds, for each mode, the same export with ``--table-format delta``
+(one Delta table per activity, committed through delta-rs) as its own row,
+``insights-link/<mode>/delta``, and a table of Delta's wall time against CDM's. A Delta run is
+verified like a CDM run and, besides, its table's log must list exactly the valid unique rows
+(the ``numRecords`` of its files) at reader 1 / writer 2, with no CDM manifest beside it. The
+default is ``cdm`` only.
+
 Usage (from the repository root; bench-work/ is git-ignored)::
 
     python benchmarks/run.py [--sizes 300000,1000000,3000000] [--rounds 3] [--work bench-work]
-        [--files 8] [--modes in_memory,multi_processing] [--incremental] [--json OUT.json]
+        [--files 8] [--modes in_memory,multi_processing] [--table-formats cdm,delta]
+        [--incremental] [--json OUT.json]
         [--quiet-wait 30] [--noisy-retries 2] [--markdown]
     python benchmarks/run.py --from-json OUT.json [--markdown]   # the report of an earlier run
 
@@ -76,6 +84,10 @@ MODE_OPTIONS: dict[str, tuple[str, ...]] = {
 DUCKDB = "duckdb"
 OURS = "insights-link"
 DATA_SOURCE = "EngagementInsights"
+TABLE = "WebLog"  # the one activity table of a measured run
+#: our table formats; cdm is what a user gets without --table-format
+TABLE_FORMATS = ("cdm", "delta")
+MANIFEST = "default.manifest.cdm.json"
 
 #: The generator's parameters for the measured sets (the workload of issue 4).
 DATA_PARAMS: dict[str, Any] = {
@@ -124,6 +136,16 @@ def parse_count(text: str) -> int:
 
 def parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def variant(mode: str, table_format: str = "cdm") -> str:
+    """The key of one of our configurations: ``in_memory`` (CDM) or ``in_memory/delta``."""
+    return mode if table_format == "cdm" else f"{mode}/{table_format}"
+
+
+def ours_label(mode: str, table_format: str = "cdm") -> str:
+    """The engine label of one of our configurations: ``insights-link/in_memory[/delta]``."""
+    return f"{OURS}/{variant(mode, table_format)}"
 
 
 def median(values: Sequence[float]) -> float:
@@ -181,6 +203,38 @@ def verify_ours(exit_code: int, report: dict[str, Any] | None, expected: dict[st
         if rejected.get(reason, 0) != value:
             problems.append(f"rejected[{reason}] {rejected.get(reason, 0)} != expected {value}")
     return problems
+
+
+def verify_delta_log(
+    log_rows: int | None, protocol: tuple[int, int] | None, has_manifest: bool, expected: dict[str, Any]
+) -> list[str]:
+    """Problems with the Delta table a run left (empty: verified): the rows its log lists (the
+    sum of its files' ``numRecords``), its protocol (reader, writer), no CDM manifest beside it."""
+    if log_rows is None:
+        return ["no Delta table"]
+    problems = []
+    if log_rows != expected["valid_unique"]:
+        problems.append(f"Delta log lists {log_rows} rows != expected {expected['valid_unique']}")
+    if protocol != (1, 2):
+        problems.append(f"Delta protocol {protocol} != (1, 2)")
+    if has_manifest:
+        problems.append("a CDM manifest beside the Delta table")
+    return problems
+
+
+def read_delta_log(table_path: Path) -> tuple[int | None, tuple[int, int] | None]:
+    """The rows a Delta table's log lists and its (reader, writer) protocol; (None, None) when
+    there is no table. Reads the log only (delta-rs), never the data files."""
+    if not (table_path / "_delta_log").is_dir():
+        return None, None
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(str(table_path))
+    adds = pa.table(dt.get_add_actions(flatten=True))
+    rows = sum(n or 0 for n in adds.column("num_records").to_pylist()) if adds.num_rows else 0
+    protocol = dt.protocol()
+    return rows, (protocol.min_reader_version, protocol.min_writer_version)
 
 
 def verify_duckdb(
@@ -313,7 +367,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             _target(
                 "peak RSS",
                 f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB",
-                f"{kb * 1024 / 1e9:.2f} GB ({label.split('/')[1]}, {n:,} events)",
+                f"{kb * 1024 / 1e9:.2f} GB ({label.split('/', 1)[1]}, {n:,} events)",
                 kb * 1024 <= TARGET_RSS_BYTES,
             )
         )
@@ -329,7 +383,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             growth = ratio(peak_memory_kb(big or {}), peak_memory_kb(small or {}))
             out.append(
                 _target(
-                    f"flat memory ({label.split('/')[1]})",
+                    f"flat memory ({label.split('/', 1)[1]})",
                     f"RSS at 3M <= {TARGET_RSS_GROWTH}x RSS at 1M",
                     "not measured" if growth is None else f"{growth:.2f}x",
                     None if growth is None else growth <= TARGET_RSS_GROWTH,
@@ -510,6 +564,58 @@ def incremental_rows(inc: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+FORMAT_HEADERS = (
+    "events",
+    "mode",
+    "CDM wall s",
+    "Delta wall s",
+    "Delta / CDM",
+    "Delta - CDM s",
+    "CDM CPU s",
+    "Delta CPU s",
+)
+
+
+def median_cpu_s(size: dict[str, Any], label: str) -> float | None:
+    """The median CPU seconds of one engine's verified rounds at one size (None if unknown).
+
+    CPU time moves less than wall time when other processes share the machine."""
+    runs = (size.get("runs") or {}).get(label) or []
+    cpu = [run["cpu_s"] for run in runs if run.get("cpu_s") is not None and not run.get("problems")]
+    return median(cpu) if cpu and len(cpu) == len(runs) else None
+
+
+def format_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per size and mode measured in both table formats: Delta's wall (and CPU) time
+    against CDM's."""
+    rows = []
+    for size in results.get("sizes", []):
+        engines = size["engines"]
+        for label in engines:
+            if not label.startswith(f"{OURS}/") or label.count("/") != 1:
+                continue
+            mode = label.split("/", 1)[1]
+            delta_label = ours_label(mode, "delta")
+            delta = engines.get(delta_label)
+            if delta is None:
+                continue
+            cdm_wall, delta_wall = engines[label]["median_wall_s"], delta["median_wall_s"]
+            diff = None if cdm_wall is None or delta_wall is None else delta_wall - cdm_wall
+            rows.append(
+                [
+                    f"{size['events']:,}",
+                    mode,
+                    fmt_seconds(cdm_wall),
+                    fmt_seconds(delta_wall),
+                    fmt_ratio(ratio(delta_wall, cdm_wall)),
+                    "-" if diff is None else f"{diff:+.2f}",
+                    fmt_seconds(median_cpu_s(size, label)),
+                    fmt_seconds(median_cpu_s(size, delta_label)),
+                ]
+            )
+    return rows
+
+
 def target_rows(targets: Sequence[dict[str, Any]]) -> list[list[str]]:
     verdict = {True: "met", False: "NOT met", None: "not measured"}
     return [[t["target"], t["goal"], t["measured"], verdict[t["met"]]] for t in targets]
@@ -528,6 +634,13 @@ def render_report(results: dict[str, Any], markdown: bool = False) -> str:
         "",
         format_table(RESULT_HEADERS, result_rows(results), markdown),
     ]
+    formats = format_rows(results)
+    if formats:
+        parts += [
+            "",
+            "table formats: the same export with --table-format delta against the CDM folder",
+            format_table(FORMAT_HEADERS, formats, markdown),
+        ]
     if results.get("incremental"):
         inc = results["incremental"]
         parts += [
@@ -701,7 +814,7 @@ def ensure_dataset(
     return folder, expected
 
 
-def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str) -> list[str]:
+def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str, table_format: str = "cdm") -> list[str]:
     script = Path(sys.executable).with_name("insights-link")
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "insights_link.cli"]
     return [
@@ -713,6 +826,7 @@ def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str) -> list[st
         str(lake),
         "--run-id",
         run_id,
+        *(() if table_format == "cdm" else ("--table-format", table_format)),
         *MODE_OPTIONS[mode],
     ]
 
@@ -726,13 +840,19 @@ def run_ours(
     logs: Path,
     fresh: bool = True,
     quiet_wait: float = 0.0,
+    table_format: str = "cdm",
 ) -> dict[str, Any]:
     if fresh and lake.exists():
         shutil.rmtree(lake)
-    run = run_measured(ours_command(input_dir, lake, run_id, mode), logs, run_id, quiet_wait)
+    run = run_measured(ours_command(input_dir, lake, run_id, mode, table_format), logs, run_id, quiet_wait)
     report_path = lake / DATA_SOURCE / "_runs" / f"{run_id}.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
     run["problems"] = verify_ours(run["exit_code"], report, expected)
+    if table_format == "delta" and run["exit_code"] == 0:  # checked after the timed run
+        log_rows, protocol = read_delta_log(lake / DATA_SOURCE / TABLE)
+        run["delta"] = {"log_rows": log_rows, "protocol": protocol}
+        has_manifest = (lake / DATA_SOURCE / MANIFEST).exists()
+        run["problems"] += verify_delta_log(log_rows, protocol, has_manifest, expected)
     run["report"] = (
         None
         if report is None
@@ -818,16 +938,23 @@ def measured(attempt: Callable[[float], dict[str, Any]], label: str, settings: S
 
 
 def measure_size(
-    work: Path, events: int, files: int, rounds: int, modes: Sequence[str], settings: Settings = Settings()
+    work: Path,
+    events: int,
+    files: int,
+    rounds: int,
+    modes: Sequence[str],
+    settings: Settings = Settings(),
+    table_formats: Sequence[str] = ("cdm",),
 ) -> dict[str, Any]:
-    """Alternate DuckDB and our modes ``rounds`` times on one generated set."""
+    """Alternate DuckDB and our modes (each in every table format) ``rounds`` times on one set."""
     input_dir, expected = ensure_dataset(work, events, files, DATA_PARAMS)
     input_bytes = sum((input_dir / f).stat().st_size for f in expected["files"])
     print(
         f"\n{events:,} events ({input_bytes / 1e6:,.0f} MB in {files} files), {rounds} round(s)", flush=True
     )
     out, logs = work / "out", work / "logs"
-    runs: dict[str, list[dict[str, Any]]] = {DUCKDB: [], **{f"{OURS}/{m}": [] for m in modes}}
+    ours = [(m, f) for m in modes for f in table_formats]
+    runs: dict[str, list[dict[str, Any]]] = {DUCKDB: [], **{ours_label(m, f): [] for m, f in ours}}
     for r in range(1, rounds + 1):
         runs[DUCKDB].append(
             measured(
@@ -838,19 +965,32 @@ def measure_size(
                 settings,
             )
         )
-        for mode in modes:
-            run_id = f"bench-{events}-{mode}-r{r}"
-            runs[f"{OURS}/{mode}"].append(
+        for mode, fmt in ours:
+            key = variant(mode, fmt)
+            run_id = f"bench-{events}-{key.replace('/', '-')}-r{r}"
+            runs[ours_label(mode, fmt)].append(
                 measured(
-                    lambda wait, run_id=run_id, mode=mode: run_ours(
-                        input_dir, expected, out / f"ours-{mode}", run_id, mode, logs, quiet_wait=wait
+                    lambda wait, run_id=run_id, mode=mode, fmt=fmt, key=key: run_ours(
+                        input_dir,
+                        expected,
+                        out / f"ours-{key.replace('/', '-')}",
+                        run_id,
+                        mode,
+                        logs,
+                        quiet_wait=wait,
+                        table_format=fmt,
                     ),
-                    f"round {r} {OURS} {mode}",
+                    f"round {r} {OURS} {key}",
                     settings,
                 )
             )
     engines = {label: summarize(label_runs, events) for label, label_runs in runs.items()}
     duck_eps = engines[DUCKDB]["events_per_s"]
+    delta_vs_cdm = {
+        m: ratio(engines[ours_label(m, "delta")]["median_wall_s"], engines[ours_label(m)]["median_wall_s"])
+        for m in modes
+        if "cdm" in table_formats and "delta" in table_formats
+    }
     return {
         "events": events,
         "files": files,
@@ -858,7 +998,8 @@ def measure_size(
         "input": str(input_dir),
         "expected": {k: expected[k] for k in ("events_total", "valid_unique", "duplicates", "invalid_total")},
         "engines": engines,
-        "ratio": {m: ratio(engines[f"{OURS}/{m}"]["events_per_s"], duck_eps) for m in modes},
+        "ratio": {variant(m, f): ratio(engines[ours_label(m, f)]["events_per_s"], duck_eps) for m, f in ours},
+        **({"delta_vs_cdm": delta_vs_cdm} if delta_vs_cdm else {}),
         "runs": runs,
     }
 
@@ -1010,6 +1151,7 @@ def _strip_runs(results: dict[str, Any]) -> dict[str, Any]:
         "problems",
         "report",
         "result",
+        "delta",
     )
 
     def slim(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -1041,6 +1183,12 @@ def main(argv: list[str] | None = None) -> int:
         "--modes",
         default="in_memory,multi_processing",
         help=f"our Beam modes, comma-separated: {', '.join(MODE_OPTIONS)}",
+    )
+    parser.add_argument(
+        "--table-formats",
+        default="cdm",
+        help="our table formats, comma-separated: cdm (the default a user gets), delta "
+        "(--table-format delta); each mode runs in each",
     )
     parser.add_argument(
         "--incremental",
@@ -1088,6 +1236,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modes if m not in MODE_OPTIONS]
     if unknown or not modes:
         parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODE_OPTIONS)}")
+    table_formats = parse_list(args.table_formats)
+    unknown = [f for f in table_formats if f not in TABLE_FORMATS]
+    if unknown or not table_formats:
+        parser.error(f"--table-formats: unknown {unknown}; choose from {', '.join(TABLE_FORMATS)}")
     if args.rounds < 1 or args.files < 1 or not sizes:
         parser.error("--rounds and --files must be >= 1 and --sizes must name at least one size")
     work = args.work.resolve()
@@ -1102,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "files": args.files,
             "modes": modes,
+            "table_formats": table_formats,
             "data": DATA_PARAMS,
             "incremental": args.incremental,
         },
@@ -1123,7 +1276,9 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     for events in sizes:
-        results["sizes"].append(measure_size(work, events, args.files, args.rounds, modes, settings))
+        results["sizes"].append(
+            measure_size(work, events, args.files, args.rounds, modes, settings, table_formats)
+        )
         save()
     if args.incremental:
         results["incremental"] = measure_incremental(
