@@ -205,3 +205,12 @@ def test_forget_vacuum_deletes_the_old_files_at_once(tmp_path, fmt):
     assert committed_ids(str(lake)) == ["a1", "s1", "s2"]  # settled: no unreferenced file left
     on_disk = b"".join(p.read_bytes() for p in (lake / DS).rglob("*.parquet"))
     assert GONE.encode() not in on_disk
+
+
+def test_forget_in_a_data_source_holding_only_dead_letters(tmp_path):
+    lake = tmp_path / "lake"
+    _export(write_jsonl(tmp_path / "bad.jsonl", [f"garbage of {GONE}", "garbage of nobody"]), lake)
+    proc = _forget(lake, GONE)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 row(s) and 1 dead letter(s) removed" in proc.stdout
+    assert [letter["payload"] for letter in _letters(lake)] == ["garbage of nobody"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -170,7 +171,8 @@ def top_level_help() -> str:
     return f"""usage: insights-link [--version] [--help] COMMAND [ARGS]
 
 Moves refined web engagement events into a Customer Insights - Data lake as activity data:
-a CDM folder (manifest + entity documents) with Parquet partitions, locally or on ADLS Gen2.
+a CDM folder (manifest + entity documents) or Delta tables, with Parquet files, locally or on
+ADLS Gen2; and keeps the lake healthy (status, verify, compact, vacuum, forget, dead letters).
 
 commands:
 {commands}
@@ -195,6 +197,16 @@ def version_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code. A reader that closed stdout early (``| head``)
+    ends it quietly, as other command-line tools do."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(top_level_help(), file=sys.stderr)

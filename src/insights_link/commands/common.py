@@ -90,6 +90,8 @@ def detect_format(storage, data_source: str) -> str:
         return "delta"
     if manifest and tables:
         return "both"
+    if storage.list(f"{data_source}/_runs") or storage.list(f"{data_source}/_deadletter"):
+        return "cdm"  # runs committed no rows yet (only dead letters): the default format's rules
     raise UsageError(f"no data source {data_source!r} in {storage.describe()} (no manifest, no Delta tables)")
 
 

@@ -122,8 +122,11 @@ def render(s: dict) -> str:
         lines += _wrap(head, "    ")
     d = s["dead_letters"]
     reasons = ", ".join(f"{k} {v:,}" for k, v in d["by_reason"].items())
+    working = f"; {d['open']:,} open, {d['resolved']:,} resolved" if d.get("open") is not None else ""
     lines += _wrap(
-        f"dead letters: {d['records']:,} in {d['files']:,} files" + (f" ({reasons})" if reasons else ""), "  "
+        f"dead letters: {d['records']:,} in {d['files']:,} files{working}"
+        + (f" ({reasons})" if reasons else ""),
+        "  ",
     )
     if s["staging"]:
         for st in s["staging"]:

@@ -266,7 +266,12 @@ class DeltaFormat:
         makes this one find nothing left to do."""
         adds, removes = _by_table(files), _by_table(list(removed))
         for table in sorted(set(adds) | set(removes)):
-            for _attempt in range(3):
+            for attempt in range(4):
+                if attempt == 3:
+                    raise StorageError(
+                        f"could not complete run {run_id}'s commit to Delta table {table!r}: another "
+                        "writer kept committing to it; the next run tries again"
+                    )
                 dt = self.open(storage, data_source, table)
                 listed = set(pa.table(dt.get_add_actions(flatten=True)).column("path").to_pylist())
                 missing = [f for f in adds.get(table, []) if _relative(f["location"]) not in listed]

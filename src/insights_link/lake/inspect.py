@@ -322,11 +322,23 @@ def dead_letters(source: Source) -> dict[str, Any]:
         except (OSError, EOFError, ValueError, StorageError) as exc:
             logger.warning("cannot read dead letters %s: %s", rel, exc)
             unreadable.append(rel)
-    return {
+    result: dict[str, Any] = {
         "files": files,
         "records": records,
         "by_reason": dict(sorted(by_reason.items())),
         "unreadable": unreadable,
+    }
+    try:  # the working set: a replayed letter's attempts count once, as open or resolved
+        from insights_link.lake.deadletters import status_counts
+
+        state = status_counts(source.storage, source.name)
+    except (OSError, EOFError, ValueError, KeyError, StorageError) as exc:
+        logger.warning("cannot tell open from resolved dead letters: %s", exc)
+        return result | {"open": None, "resolved": None, "pending_replays": []}
+    return result | {
+        "open": state["open"],
+        "resolved": state["resolved"],
+        "pending_replays": state["pending_replays"],
     }
 
 

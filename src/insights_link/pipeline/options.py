@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export refined engagement events into a Customer Insights activity data source "
-        "(CDM folder with Parquet partitions).",
+        "(a CDM folder, or Delta tables with --table-format delta, of Parquet files).",
         epilog=EPILOG,
     )
     for o in OPTIONS:
