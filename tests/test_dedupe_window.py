@@ -145,3 +145,17 @@ def test_window_dates_cross_month_and_leap_day():
         "2024-03-03",
     ]
     assert window_dates("2024-12-31", 1) == ["2024-12-30", "2024-12-31", "2025-01-01"]
+
+
+@pytest.mark.timeout(600)
+def test_restamped_ids_across_runs_on_azure_are_duplicates(tmp_path, azure_lake):
+    first = write_jsonl(tmp_path / "a.jsonl", [event(f"e{i}", ts="2024-05-01T23:30:00Z") for i in range(5)])
+    again = write_jsonl(
+        tmp_path / "b.jsonl",
+        [event(f"e{i}", ts="2024-05-02T00:30:00Z") for i in range(5)]
+        + [event("late", ts="2024-05-02T00:40:00Z"), event("late", ts="2024-05-01T23:40:00Z")],
+    )
+    for source in (first, again):
+        proc = run_cli("export", "--input", str(source), "--output", azure_lake, "--table-format", "delta")
+        assert proc.returncode == 0, proc.stderr
+    assert committed_ids(azure_lake) == sorted([f"e{i}" for i in range(5)] + ["late"])
