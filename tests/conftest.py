@@ -111,6 +111,29 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     )
 
 
+#: the fixed clock of the exports tests compare
+RUN_TIME = "2026-11-28T12:00:00Z"
+
+
+def export_run(
+    source, lake, run_id: str, *extra: str, fmt: str = "cdm", env=None, run_time: str | None = RUN_TIME
+):
+    """``insights-link export`` of ``source`` into ``lake`` with a fixed run id, table format and
+    (unless ``run_time=None``) clock, as a real process."""
+    args = [
+        "export",
+        "--input",
+        str(source),
+        "--output",
+        str(lake),
+        "--run-id",
+        run_id,
+        "--table-format",
+        fmt,
+    ]
+    return run_cli(*args, *(["--run-time", run_time] if run_time else []), *extra, env=env)
+
+
 #: The checkpoints of a run's commit, in order (see insights_link.checkpoints and tests/testing).
 COMMIT_STEPS = [
     "after_staged_file",

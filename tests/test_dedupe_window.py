@@ -10,7 +10,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from conftest import event, run_cli, write_jsonl
+from conftest import event, export_run, run_cli, write_jsonl
 from faults.lake_checks import committed_ids
 from insights_link.core.batch import POSITION, RANK, dedupe, window_dates
 
@@ -18,18 +18,7 @@ DS = "EngagementInsights"
 
 
 def _export(source, lake, run_id, fmt, *extra):
-    proc = run_cli(
-        "export",
-        "--input",
-        str(source),
-        "--output",
-        str(lake),
-        "--run-id",
-        run_id,
-        "--table-format",
-        fmt,
-        *extra,
-    )
+    proc = export_run(source, lake, run_id, *extra, fmt=fmt, run_time=None)
     assert proc.returncode == 0, proc.stderr
     return json.loads((lake / DS / "_runs" / f"{run_id}.json").read_text())
 

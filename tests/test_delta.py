@@ -5,6 +5,7 @@ concurrent runs, and ``convert`` both ways."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 
@@ -13,29 +14,23 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from conftest import COMMIT_STEPS, event, read_activities, run_cli, run_reports, start_cli, write_jsonl
+from conftest import (
+    COMMIT_STEPS,
+    RUN_TIME,
+    event,
+    export_run,
+    read_activities,
+    run_cli,
+    run_reports,
+    start_cli,
+    write_jsonl,
+)
 from faults.lake_checks import committed_ids
 
-RUN_TIME = "2026-11-28T12:00:00Z"
 DS = "EngagementInsights"
 
 
-def export(source, lake, run_id, *extra, env=None, fmt="delta"):
-    return run_cli(
-        "export",
-        "--input",
-        str(source),
-        "--output",
-        str(lake),
-        "--run-id",
-        run_id,
-        "--run-time",
-        RUN_TIME,
-        "--table-format",
-        fmt,
-        *extra,
-        env=env,
-    )
+export = functools.partial(export_run, fmt="delta")  # (source, lake, run_id, *extra, fmt=, env=)
 
 
 def delta_rows(lake, table="WebLog") -> pa.Table:

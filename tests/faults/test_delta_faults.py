@@ -10,6 +10,7 @@ Tests marked xfail(strict=True) expose a bug (the reason says which); the rest h
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -20,11 +21,20 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from lake_checks import committed_ids, freeze, paused_export, thaw, wait_for_file
 
-from conftest import dead_letters, event, read_activities, run_cli, run_reports, start_cli, write_jsonl
+from conftest import (
+    RUN_TIME,
+    dead_letters,
+    event,
+    export_run,
+    read_activities,
+    run_cli,
+    run_reports,
+    start_cli,
+    write_jsonl,
+)
 from insights_link.storage import open_storage
 
 DS = "EngagementInsights"
-RUN_TIME = "2026-11-28T12:00:00Z"
 LEASE = {"INSIGHTS_LINK_LEASE_SECONDS": "15", "INSIGHTS_LINK_AZURE_READ_TIMEOUT": "120"}
 TWO_TABLE_STEPS = [
     "after_staged_file",
@@ -42,22 +52,7 @@ TWO_TABLE_STEPS = [
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def export(source, lake, run_id, *extra, env=None, fmt="delta"):
-    return run_cli(
-        "export",
-        "--input",
-        str(source),
-        "--output",
-        str(lake),
-        "--run-id",
-        run_id,
-        "--run-time",
-        RUN_TIME,
-        "--table-format",
-        fmt,
-        *extra,
-        env=env,
-    )
+export = functools.partial(export_run, fmt="delta")  # (source, lake, run_id, *extra, fmt=, env=)
 
 
 def convert(lake, to, *extra, env=None):
@@ -394,7 +389,7 @@ def test_empty_input_in_delta_mode_commits_no_table_and_no_log(tmp_path):
     assert [r["status"] for r in run_reports(lake / DS)] == ["committed"]
     assert not list((lake / DS).rglob("_delta_log"))
     nothing = convert(lake, "cdm")
-    assert nothing.returncode == 2 and "no data source" in one_line_error(nothing.stderr)
+    assert nothing.returncode == 2 and "holds no tables yet" in one_line_error(nothing.stderr)
 
 
 def test_delta_output_does_not_depend_on_tz(tmp_path):

@@ -80,8 +80,8 @@ def open_lake(args: argparse.Namespace, clock: Clock, fmt: str | None = None) ->
 
 
 def detect_format(storage, data_source: str) -> str:
-    """ "cdm" when the data source has a manifest, "delta" when it has Delta tables; a data
-    source holding both (a conversion that stopped half way) counts as its old format's."""
+    """ "cdm" when the data source has a manifest, "delta" when it has Delta tables, "both" when it
+    has both (a conversion that stopped half way), "none" when its runs committed no table yet."""
     manifest = storage.exists(f"{data_source}/{MANIFEST_FILE}")
     tables = DeltaFormat().tables(storage, data_source)
     if manifest and not tables:
@@ -91,7 +91,7 @@ def detect_format(storage, data_source: str) -> str:
     if manifest and tables:
         return "both"
     if storage.list(f"{data_source}/_runs") or storage.list(f"{data_source}/_deadletter"):
-        return "cdm"  # runs committed no rows yet (only dead letters): the default format's rules
+        return "none"  # runs committed no rows yet (only dead letters): the default format's rules
     raise UsageError(f"no data source {data_source!r} in {storage.describe()} (no manifest, no Delta tables)")
 
 

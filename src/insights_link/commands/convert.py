@@ -38,6 +38,8 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     clock, run_id = clock_and_id(args, clock)
     probe = open_lake(args, clock, "cdm")
     held = detect_format(probe.storage, probe.data_source)
+    if held == "none":
+        raise UsageError(f"data source {probe.data_source!r} holds no tables yet; nothing to convert")
     if held == args.to and not _leftovers(probe, held):
         raise UsageError(f"data source {probe.data_source!r} already is {args.to}; nothing to convert")
     # "both" (a conversion stopped half way): the manifest counts; converting again finishes it
