@@ -4,7 +4,7 @@ docs/maintenance.md, docs/status-verify.md, docs/forget.md and docs/delta.md, at
 real processes, real SIGKILLs at every checkpoint, a frozen process on Azurite, command
 sequences in both table formats, and hostile run ids and damaged bookkeeping files.
 
-Tests marked xfail(strict=True) expose a bug (the reason says which); the rest held.
+Each test stands for a promise; those that first exposed a bug are fixed.
 """
 
 from __future__ import annotations
@@ -122,12 +122,6 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
 # -- verify on healthy lakes made by command sequences ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify counts the ActivityIds of forget's Deletes files as rows: an id forgotten and "
-    "exported again later (docs/forget.md: 'a later export ... writes them again') is reported "
-    "as duplicate_id, so verify exits 1 on a healthy incremental lake",
-)
 def test_verify_after_incremental_forget_and_a_later_export_of_the_same_event(tmp_path):
     lake = tmp_path / "lake"
     first, second = two_runs(tmp_path)
@@ -141,12 +135,6 @@ def test_verify_after_incremental_forget_and_a_later_export_of_the_same_event(tm
     assert_verify_ok(lake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convert --to delta leaves forget's Deletes file (IncrementalData/.../Deletes) on "
-    "storage unreferenced and unexplained: verify reports unreferenced_file and exits 1 on the "
-    "healthy lake that export(incremental) -> forget -> convert produces",
-)
 def test_verify_after_incremental_forget_then_convert_to_delta(tmp_path):
     lake = tmp_path / "lake"
     first, second = two_runs(tmp_path)
@@ -158,11 +146,6 @@ def test_verify_after_incremental_forget_then_convert_to_delta(tmp_path):
     assert_verify_ok(lake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status counts the rows of forget's Deletes files (the removed keys) as table rows: "
-    "after forgetting 3 of 5 rows on an incremental table it reports 5 rows, not 2",
-)
 def test_status_rows_after_an_incremental_forget(tmp_path):
     lake = tmp_path / "lake"
     first, second = two_runs(tmp_path)
@@ -224,12 +207,6 @@ def test_every_command_sequence_leaves_a_lake_verify_accepts(tmp_path, fmt):
 # -- verify while a compaction or a forget is committing ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CDM: between the manifest write and the report (a live compaction or forget, or one "
-    "that died there), verify reports every file the commit took out of the table as "
-    "unreferenced_file; the commit record's 'removed' list is not treated as pending",
-)
 @pytest.mark.parametrize("operation", ["compact", "forget"])
 def test_verify_while_a_cdm_compaction_or_forget_is_past_its_commit_point(tmp_path, operation):
     lake = tmp_path / "lake"
@@ -398,12 +375,6 @@ def test_status_verify_and_dry_run_vacuum_write_nothing(tmp_path, fmt):
 # -- run ids ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forget does not refuse a run id used before (compact and vacuum do): with an export's "
-    "run id it overwrites that export's report and rewrites its Parquet file in place under the "
-    "same name, so readers of the previous manifest read changed data",
-)
 def test_forget_with_a_run_id_used_before_is_a_usage_error(tmp_path):
     lake = tmp_path / "lake"
     first, _ = two_runs(tmp_path)
@@ -417,11 +388,6 @@ def test_forget_with_a_run_id_used_before_is_a_usage_error(tmp_path):
     assert {p: p.read_bytes() for p in files} == files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convert does not check its run id before converting: with a used run id it converts "
-    "the data source, then fails writing its report (exit 1, 'changed since this run read it')",
-)
 def test_convert_with_a_run_id_used_before_is_refused_before_converting(tmp_path):
     lake = tmp_path / "lake"
     first, _ = two_runs(tmp_path)
@@ -446,11 +412,6 @@ def test_compact_and_vacuum_refuse_a_used_run_id(tmp_path):
 # -- forget's report -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stored forget report (_runs/<run>.json) lacks ids.blank and ids.repeated, which "
-    "docs/forget.md says it counts (only the printed --json report has them)",
-)
 def test_stored_forget_report_counts_blank_and_repeated_ids(tmp_path):
     lake = tmp_path / "lake"
     first, _ = two_runs(tmp_path)
@@ -466,11 +427,6 @@ def test_stored_forget_report_counts_blank_and_repeated_ids(tmp_path):
 # -- errors: one line, right exit code -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a damaged _state/vacuum.json makes vacuum (even --dry-run) die with a JSONDecodeError "
-    "traceback instead of one clear line",
-)
 @pytest.mark.parametrize("dry", [False, True])
 def test_vacuum_with_a_damaged_state_file_fails_in_one_line(tmp_path, dry):
     lake = tmp_path / "lake"
@@ -484,11 +440,6 @@ def test_vacuum_with_a_damaged_state_file_fails_in_one_line(tmp_path, dry):
     assert "vacuum.json" in one_line_error(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forget meets a damaged dead-letter file only after its commit and dies with a "
-    "BadGzipFile traceback (exit 1 looks like 'nothing committed', but the rows were removed)",
-)
 def test_forget_with_a_damaged_dead_letter_file_fails_in_one_line(tmp_path):
     lake = tmp_path / "lake"
     first, _ = two_runs(tmp_path)
@@ -499,11 +450,6 @@ def test_forget_with_a_damaged_dead_letter_file_fails_in_one_line(tmp_path):
     assert "zz.jsonl.gz" in one_line_error(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forget reading a committed file that is not Parquet dies with an ArrowInvalid "
-    "traceback instead of one line naming the file",
-)
 def test_forget_with_a_damaged_data_file_fails_in_one_line(tmp_path):
     lake = tmp_path / "lake"
     first, _ = two_runs(tmp_path)
@@ -515,11 +461,6 @@ def test_forget_with_a_damaged_data_file_fails_in_one_line(tmp_path):
     assert victim.name in one_line_error(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compact reading a committed file that is not Parquet dies with an ArrowInvalid "
-    "traceback instead of one line naming the file (it does roll back: nothing committed)",
-)
 def test_compact_with_a_damaged_data_file_fails_in_one_line_and_commits_nothing(tmp_path):
     lake = tmp_path / "lake"
     first, second = two_runs(tmp_path)
@@ -606,14 +547,11 @@ def test_redelivered_events_give_the_same_lake_every_way(tmp_path, fmt, how):
     assert got == EXPECTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ActivityId redelivered further apart than --dedupe-window-days is kept twice by "
-    "design (README, tests/test_dedupe_window.py), but verify checks uniqueness across the whole "
-    "table and reports duplicate_id: verify exits 1 on the lake a plain export produced",
-)
 @pytest.mark.parametrize("fmt", ["cdm", "delta"])
-def test_verify_accepts_an_id_kept_twice_beyond_the_dedupe_window(tmp_path, fmt):
+def test_verify_names_an_id_kept_twice_beyond_the_dedupe_window(tmp_path, fmt):
+    """An id re-delivered further apart than --dedupe-window-days is kept twice (the export
+    compares only dates within the window); verify, which checks the whole table as the issue
+    asks, names the pair and exits 1 (docs/guarantees.md: "verify ... names such pairs")."""
     lake = tmp_path / "lake"
     source = write_jsonl(
         tmp_path / "in" / "e.jsonl",
@@ -621,7 +559,9 @@ def test_verify_accepts_an_id_kept_twice_beyond_the_dedupe_window(tmp_path, fmt)
     )
     export(source, lake, "r1", "--table-format", fmt)
     assert [r[0] for r in live_rows(lake)] == ["x4", "x4"]
-    assert_verify_ok(lake)
+    proc = run_cli("verify", "--lake", str(lake))
+    assert proc.returncode == 1
+    assert "duplicate_id" in proc.stdout + proc.stderr and "x4" in proc.stdout + proc.stderr
 
 
 # -- a frozen compaction or forget on Azurite --------------------------------------------------------

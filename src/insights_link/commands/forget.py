@@ -60,7 +60,7 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     lake = open_lake(args, clock)
     try:
         with lake.locked(checked(args)["lock_wait"]):
-            report = forget(lake, ids, run_id, clock)
+            report = forget(lake, ids, run_id, clock, noise)
             if args.vacuum:
                 from insights_link.lake.maintenance import vacuum
 
@@ -68,7 +68,6 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     except LakeBusy as exc:
         raise DataSourceBusy(str(exc)) from exc
     unmatched = report.pop("unmatched_ids")
-    report["ids"].update(noise)
     lines = [
         f"forget {run_id}: {report['rows_removed']} row(s) and {report['dead_letters_removed']} dead "
         f"letter(s) removed from {report['data_source']}"

@@ -26,6 +26,7 @@ from insights_link.lake.cdm import CDM_TYPES, MANIFEST_FILE, CdmFormat, manifest
 from insights_link.lake.commit import Lake
 from insights_link.lake.delta import LOG_FOLDER, DeltaFormat
 from insights_link.lake.layout import date_of_partition
+from insights_link.lake.maintenance import check_run_id
 from insights_link.lake.tableformat import TableState
 from insights_link.storage import PreconditionFailed
 
@@ -40,6 +41,7 @@ def convert(lake: Lake, target: str, run_id: str, clock: Callable[[], datetime])
     """Convert ``lake``'s data source (opened in its *current* format, lock held by the caller)
     to ``target`` ("cdm" or "delta"); returns the report (also written to ``_runs/``)."""
     started = clock()
+    check_run_id(lake, run_id)
     lake.recover()
     lake.sweep_abandoned()
     source = lake.snapshot()
@@ -61,10 +63,13 @@ def convert(lake: Lake, target: str, run_id: str, clock: Callable[[], datetime])
         "to": target,
         "data_source": lake.data_source,
         "output": lake.describe(),
-        "tables": {name: {"files": len(t.all_locations())} for name, t in sorted(tables.items())},
+        "tables": {name: {"files": len(t.data_locations())} for name, t in sorted(tables.items())},
         "started_at": _iso(started),
         "finished_at": _iso(clock()),
     }
+    deletes = sorted(loc for t in tables.values() for loc in t.deletes)
+    if target == "delta" and deletes:  # forget's Deletes files: no Delta meaning; vacuum takes them
+        report["partitions_removed"] = deletes
     lake.check_lock()
     lake.storage.write_if(
         lake.key("_runs", f"{run_id}.json"),

@@ -26,14 +26,15 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from insights_link.checkpoints import checkpoint
 from insights_link.core.contract import Column
 from insights_link.core.deadletters import id_pattern, mentioned_ids
+from insights_link.errors import InsightsLinkError
 from insights_link.lake.commit import Lake
 from insights_link.lake.layout import date_of_partition, deletes_location, partition_file_name
-from insights_link.lake.parquet import write_parquet
+from insights_link.lake.maintenance import check_run_id
+from insights_link.lake.parquet import read_committed, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,18 @@ def schema_of(columns: tuple[Column, ...]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
 
 
-def forget(lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime]) -> dict:
+class ForgetError(InsightsLinkError, RuntimeError):
+    """Forget can't go on; the message says why and that nothing was removed."""
+
+
+def forget(
+    lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime], noise: dict | None = None
+) -> dict:
     """Remove the rows and dead letters of the customers ``ids`` (unique, non-blank); the lock
-    is held by the caller. Returns the committed report."""
+    is held by the caller. ``noise``: counts of blank and repeated ids given, for the report.
+    Returns the committed report."""
     started = clock()
+    check_run_id(lake, run_id)
     lake.recover()
     lake.sweep_abandoned()
     state = lake.read_state(cache=True)
@@ -65,14 +74,12 @@ def forget(lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime
         pieces: dict[str, int] = {}
         for location in sorted(held.data_locations()):
             lake.check_lock()
-            with lake.storage.open_read(lake.key(location)) as f:
-                customers = pq.read_table(f, columns=["CustomerId"])["CustomerId"]
+            customers = read_committed(lake.storage, lake.key(location), ["CustomerId"])["CustomerId"]
             hit = pc.fill_null(pc.is_in(customers, value_set=value_set), False)
             if not pc.any(hit).as_py():
                 continue
             matched.update(pc.unique(customers.filter(hit)).to_pylist())
-            with lake.storage.open_read(lake.key(location)) as f:
-                rows = pq.read_table(f)
+            rows = read_committed(lake.storage, lake.key(location))
             hit = pc.fill_null(pc.is_in(rows["CustomerId"], value_set=value_set), False)
             kept = rows.filter(pc.invert(hit))
             removed_ids.append(rows.filter(hit)["ActivityId"].combine_chunks())
@@ -95,13 +102,14 @@ def forget(lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime
         "output": lake.describe(),
         "table_format": lake.format.name,
         "started_at": _iso(started),
-        "ids": {"given": len(wanted)},
+        "ids": {"given": len(wanted), **(noise or {})},
         "tables": per_table,
         "rows_removed": sum(c["rows_removed"] for c in per_table.values()),
     }
+    letters_plan, in_letters = plan_dead_letters(lake, wanted)  # a damaged file stops us here
     checkpoint("forget_before_commit")
     report = lake.commit(run_id, report, files, [], table_columns, removed=removed, data_change=True)
-    letters, letter_files, in_letters = forget_dead_letters(lake, wanted)
+    letters, letter_files = rewrite_dead_letters(lake, letters_plan)
     report["ids"]["unmatched"] = len(wanted - matched - in_letters)
     report["dead_letters_removed"] = letters
     report["dead_letter_files_rewritten"] = letter_files
@@ -114,34 +122,45 @@ def forget(lake: Lake, ids: list[str], run_id: str, clock: Callable[[], datetime
     return report
 
 
-def forget_dead_letters(lake: Lake, ids: frozenset[str]) -> tuple[int, int, set[str]]:
-    """Rewrite each dead-letter file without the letters carrying one of ``ids``; returns
-    (letters removed, files rewritten, the ids found). Each file is replaced at once (or
-    deleted when no letter is left)."""
+def plan_dead_letters(lake: Lake, ids: frozenset[str]) -> tuple[list[tuple[str, bytes, int]], set[str]]:
+    """Each dead-letter file that carries one of ``ids``, with its content without those letters
+    and how many it drops; and the ids found. Read before the commit, so a damaged file stops
+    forget before anything is removed."""
     pattern = id_pattern(ids)
-    removed = rewritten = 0
+    plan: list[tuple[str, bytes, int]] = []
     found: set[str] = set()
     for obj in lake.storage.list(lake.key("_deadletter")):
         if not obj.key.endswith(".jsonl.gz"):
             continue
-        lines = gzip.decompress(lake.storage.read_bytes(obj.key)).splitlines(keepends=True)
-        kept = []
-        for line in lines:
-            hits = mentioned_ids(json.loads(line), ids, pattern)
-            found |= hits
-            if not hits:
-                kept.append(line)
-        if len(kept) == len(lines):
-            continue
+        try:
+            lines = gzip.decompress(lake.storage.read_bytes(obj.key)).splitlines(keepends=True)
+            kept = []
+            for line in lines:
+                hits = mentioned_ids(json.loads(line), ids, pattern)
+                found |= hits
+                if not hits:
+                    kept.append(line)
+        except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
+            raise ForgetError(
+                f"dead-letter file {obj.key} is damaged ({exc}); nothing was removed. Move it away "
+                "(it may hold the customer's data: check it by hand) and run forget again"
+            ) from exc
+        if len(kept) != len(lines):
+            plan.append((obj.key, b"".join(kept), len(lines) - len(kept)))
+    return plan, found
+
+
+def rewrite_dead_letters(lake: Lake, plan: list[tuple[str, bytes, int]]) -> tuple[int, int]:
+    """Replace each planned dead-letter file at once (delete it when no letter is left);
+    returns (letters removed, files rewritten)."""
+    for key, kept, _dropped in plan:
         checkpoint("forget_before_dead_letters")
         lake.check_lock()
         if kept:
-            lake.storage.write_bytes(obj.key, gzip.compress(b"".join(kept), mtime=0))
+            lake.storage.write_bytes(key, gzip.compress(kept, mtime=0))
         else:
-            lake.storage.delete(obj.key)
-        removed += len(lines) - len(kept)
-        rewritten += 1
-    return removed, rewritten, found
+            lake.storage.delete(key)
+    return sum(dropped for _key, _kept, dropped in plan), len(plan)
 
 
 def _stage(lake: Lake, run_id: str, table: str, day: str, pieces: dict, rows: pa.Table, schema) -> dict:

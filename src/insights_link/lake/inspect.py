@@ -117,9 +117,10 @@ class Source:
     objects: dict[str, ObjectInfo]  # data-source relative key -> object
     problems: list[Problem]
     removed: set[str] = field(default_factory=set)  # Delta files a later commit removed
+    deletes: set[str] = field(default_factory=set)  # CDM Deletes files (forget): keys, not rows
 
     def referenced(self) -> set[str]:
-        return {loc for t in self.tables for loc in t.locations}
+        return {loc for t in self.tables for loc in t.locations} | self.deletes
 
     @property
     def format(self) -> str | None:
@@ -215,7 +216,8 @@ def _read_cdm(source: Source) -> None:
         source.problems.append(Problem("unreadable_manifest", name, MANIFEST_FILE, str(exc)))
         return
     for table_name, state in sorted(tables.items()):
-        table = Table(table_name, "cdm", sorted(state.all_locations()))
+        table = Table(table_name, "cdm", sorted(state.data_locations()))
+        source.deletes |= set(state.deletes)
         table.dates = {loc: date_of_partition(loc) for loc in table.locations}
         document = f"{table_name}.cdm.json"
         try:
@@ -632,7 +634,7 @@ def _pending(source: Source, live: bool, removed: dict[str, str]) -> dict[str, s
         if parts[0] == "_staging" and len(parts) == 3 and parts[2] == COMMIT_RECORD:
             try:
                 record = json.loads(source.storage.read_bytes(join(source.name, rel)))
-                locations = record.get("locations", [])
+                locations = record.get("locations", []) + [r["location"] for r in record.get("removed", [])]
             except (StorageError, ValueError, AttributeError):
                 continue
             why = (

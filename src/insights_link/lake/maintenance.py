@@ -40,7 +40,7 @@ from insights_link.errors import InsightsLinkError, UsageError
 from insights_link.lake.commit import Lake
 from insights_link.lake.delta import PARTITION
 from insights_link.lake.layout import COMMIT_RECORD, date_of_partition, partition_file_name
-from insights_link.lake.parquet import write_parquet
+from insights_link.lake.parquet import UnreadableParquet, read_committed, write_parquet
 from insights_link.storage import StorageError, is_remote
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,13 @@ def fingerprint(table: pa.Table | pa.RecordBatchReader) -> tuple[int, str]:
 
 def _file_fingerprint(lake: Lake, key: str) -> tuple[int, str]:
     """:func:`fingerprint` of a Parquet object, read back batch by batch (bounded memory)."""
-    with lake.storage.open_read(key) as f:
-        parquet = pq.ParquetFile(f)
-        batches = parquet.iter_batches(batch_size=1 << 17)
-        return fingerprint(pa.RecordBatchReader.from_batches(parquet.schema_arrow, batches))
+    try:
+        with lake.storage.open_read(key) as f:
+            parquet = pq.ParquetFile(f)
+            batches = parquet.iter_batches(batch_size=1 << 17)
+            return fingerprint(pa.RecordBatchReader.from_batches(parquet.schema_arrow, batches))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise UnreadableParquet(f"{lake.storage.describe(key)} is not readable Parquet ({exc})") from exc
 
 
 def plan_bins(files: dict[str, int], target: int) -> list[tuple[list[str], int]]:
@@ -295,8 +298,7 @@ def _compact_date(
     for locations, size in bins:
         pieces = []
         for location in locations:
-            with lake.storage.open_read(lake.key(location)) as f:
-                piece = pq.read_table(f)
+            piece = read_committed(lake.storage, lake.key(location))
             missing = [n for n in schema.names if n not in piece.column_names]
             if missing:
                 raise MaintenanceError(
@@ -445,7 +447,15 @@ def _unreferenced(lake: Lake, snapshot, referenced: set[str]) -> dict[str, int]:
 
 def _read_vacuum_state(lake: Lake) -> dict:
     key = lake.key("_state", VACUUM_STATE)
-    state = json.loads(lake.storage.read_bytes(key)) if lake.storage.exists(key) else {}
+    try:
+        state = json.loads(lake.storage.read_bytes(key)) if lake.storage.exists(key) else {}
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise MaintenanceError(
+            f"{lake.describe()}/_state/{VACUUM_STATE} is damaged ({exc}); it only remembers when files "
+            "became unreferenced: move it away and vacuum again (files then wait one more retention)"
+        ) from exc
     state.setdefault("reports", [])
     state.setdefault("removed", {})
     state.setdefault("first_seen", {})

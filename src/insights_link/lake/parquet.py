@@ -6,7 +6,26 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from insights_link.errors import InsightsLinkError
 from insights_link.storage import Storage
+
+
+class UnreadableParquet(InsightsLinkError, RuntimeError):
+    """A committed file is not readable Parquet; the message names it."""
+
+
+def read_committed(storage: Storage, key: str, columns: list[str] | None = None) -> pa.Table:
+    """A committed Parquet file (only ``columns``, when given); a damaged one is
+    :class:`UnreadableParquet` naming it, never a traceback."""
+    try:
+        with storage.open_read(key) as f:
+            return pq.read_table(f, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+        raise UnreadableParquet(
+            f"{storage.describe(key)} is not readable Parquet ({detail}); nothing was changed "
+            "(insights-link verify lists every such file)"
+        ) from exc
 
 
 def write_parquet(storage: Storage, key: str, table: pa.Table, schema: pa.Schema) -> int:
