@@ -107,8 +107,11 @@ def activity_columns(properties: tuple[str, ...] = ()) -> tuple[Column, ...]:
     return ACTIVITY_COLUMNS + extra
 
 
+def columns_schema(columns: tuple[Column, ...]) -> pa.Schema:
+    """The explicit Arrow schema of a table's Parquet files: its columns, the key not null."""
+    return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
+
+
 def activity_schema(properties: tuple[str, ...] = ()) -> pa.Schema:
     """The explicit Arrow schema of the Parquet files (timestamps written as INT64 micros)."""
-    return pa.schema(
-        [pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in activity_columns(properties)]
-    )
+    return columns_schema(activity_columns(properties))

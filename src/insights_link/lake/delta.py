@@ -168,16 +168,21 @@ class DeltaFormat:
     def columns(self, storage: Storage, data_source: str, table: str) -> tuple[Column, ...]:
         """The table's columns with their types, from its log's schema (ActivityDate left out)."""
         schema = pa.schema(self.open(storage, data_source, table).schema().to_arrow())
-        return tuple(
-            Column(
-                f.name,
-                f.type,
-                "dateTime" if pa.types.is_timestamp(f.type) else "string",
-                primary_key=f.name == "ActivityId",
-            )
-            for f in schema
-            if f.name != PARTITION
-        )
+        columns = []
+        for f in schema:
+            if f.name == PARTITION:
+                continue
+            if not (
+                pa.types.is_timestamp(f.type)
+                or pa.types.is_string(f.type)
+                or pa.types.is_large_string(f.type)
+            ):
+                raise StorageError(
+                    f"Delta table {table!r}: column {f.name!r} has type {f.type}, not string or timestamp"
+                )
+            cdm = "dateTime" if pa.types.is_timestamp(f.type) else "string"
+            columns.append(Column(f.name, f.type, cdm, primary_key=f.name == "ActivityId"))
+        return tuple(columns)
 
     def location(self, table: str, date: str, name: str) -> str:
         return delta_location(table, date, name)

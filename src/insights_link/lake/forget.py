@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights_link.checkpoints import checkpoint
-from insights_link.core.contract import Column
+from insights_link.core.contract import Column, columns_schema
 from insights_link.core.deadletters import id_pattern, mentioned_ids
 from insights_link.errors import InsightsLinkError
 from insights_link.lake.commit import Lake
@@ -37,11 +37,6 @@ from insights_link.lake.maintenance import check_run_id
 from insights_link.lake.parquet import read_committed, write_parquet
 
 logger = logging.getLogger(__name__)
-
-
-def schema_of(columns: tuple[Column, ...]) -> pa.Schema:
-    """The Parquet schema of a table's files (as the export writes them)."""
-    return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
 
 
 class ForgetError(InsightsLinkError, RuntimeError):
@@ -68,7 +63,7 @@ def forget(
     matched: set[str] = set()
     for table, held in sorted(state.tables.items()):
         columns = lake.format.columns(lake.storage, lake.data_source, table)
-        schema = schema_of(columns)
+        schema = columns_schema(columns)
         counts = {"rows_removed": 0, "files_rewritten": 0, "deletes_files": 0}
         removed_ids: list[pa.Array] = []
         pieces: dict[str, int] = {}

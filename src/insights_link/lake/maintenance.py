@@ -35,10 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insights_link.checkpoints import checkpoint
-from insights_link.core.contract import UTC_MICROS, Column
+from insights_link.core.contract import Column, columns_schema
 from insights_link.errors import InsightsLinkError, UsageError
 from insights_link.lake.commit import Lake
-from insights_link.lake.delta import PARTITION
 from insights_link.lake.layout import COMMIT_RECORD, date_of_partition, partition_file_name
 from insights_link.lake.parquet import UnreadableParquet, read_committed, write_parquet
 from insights_link.storage import StorageError, is_remote
@@ -53,7 +52,6 @@ MAX_ROWS_PER_FILE = 2_000_000  # the export's default --max-rows-per-file
 VACUUM_STATE = "vacuum.json"
 SKEW_TOLERANCE_HOURS = 0.01  # 36 s: the operation's clock read moments before Delta's
 SORT_KEYS = [("ActivityTime", "ascending"), ("ActivityId", "ascending")]
-_CDM_ARROW = {"string": pa.string(), "dateTime": UTC_MICROS}
 
 _NAME = r"(?P<table>[A-Za-z][A-Za-z0-9_]*)"
 _FILE = r"(?P=table)_(?P<ymd>\d{8})_[^/]+_\d{3,}\.parquet"
@@ -111,47 +109,6 @@ def check_run_id(lake: Lake, run_id: str) -> None:
 
 
 # -- compaction ------------------------------------------------------------------------------
-
-
-def table_columns(lake: Lake, table: str) -> tuple[Column, ...]:
-    """The columns ``table`` declares, as the export's Column tuples: from the CDM entity
-    document, or from the Delta log's schema (``ActivityDate`` left out), so the commit writes
-    the same entity document and the same Delta schema again."""
-    if lake.format.name == "delta":
-        from insights_link.lake.delta import DeltaFormat
-
-        schema = pa.schema(DeltaFormat().open(lake.storage, lake.data_source, table).schema().to_arrow())
-        columns = []
-        for f in schema:
-            if f.name == PARTITION:
-                continue
-            if pa.types.is_timestamp(f.type):
-                cdm = "dateTime"
-            elif pa.types.is_string(f.type):
-                cdm = "string"
-            else:
-                raise MaintenanceError(f"table {table!r}: column {f.name!r} has type {f.type}")
-            columns.append(Column(f.name, f.type, cdm, primary_key=not f.nullable))
-        return tuple(columns)
-    key = lake.key(f"{table}.cdm.json")
-    if not lake.storage.exists(key):
-        raise MaintenanceError(f"table {table!r} has no entity document {table}.cdm.json")
-    doc = json.loads(lake.storage.read_bytes(key))
-    columns = []
-    for attribute in doc["definitions"][0]["hasAttributes"]:
-        kind = _CDM_ARROW.get(attribute["dataType"])
-        if kind is None:
-            raise MaintenanceError(
-                f"table {table!r}: column {attribute['name']!r} has CDM type {attribute['dataType']!r}"
-            )
-        columns.append(
-            Column(attribute["name"], kind, attribute["dataType"], attribute.get("purpose") == "identifiedBy")
-        )
-    return tuple(columns)
-
-
-def _schema(columns: tuple[Column, ...]) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type, nullable=not c.primary_key) for c in columns])
 
 
 def fingerprint(table: pa.Table | pa.RecordBatchReader) -> tuple[int, str]:
@@ -268,7 +225,7 @@ def _compact_tables(
             if not bins:
                 continue
             if name not in columns:
-                columns[name] = table_columns(lake, name)
+                columns[name] = lake.format.columns(lake.storage, lake.data_source, name)
             entry = _compact_date(lake, run_id, name, date, bins, columns[name], target, files)
             removed += [{"location": loc, "table": name, "date": date} for loc in entry["merged_files"]]
             entry["files_before"] = sum(1 for loc in candidates if date_of_partition(loc) == date)
@@ -291,7 +248,7 @@ def _compact_date(
     files: list[dict],
 ) -> dict:
     """Merge the bins of one (table, date) into staged files; check rows and checksum."""
-    schema = _schema(columns)
+    schema = columns_schema(columns)
     before_rows, before_sums, after_rows, after_sums = 0, 0, 0, 0
     merged, written = [], []
     index = 0
