@@ -29,6 +29,12 @@ DEFAULT_MAX_ROWS_PER_FILE = 2_000_000  # ~150 bytes a row compressed: files near
 DEFAULT_LOCK_WAIT = 60.0
 #: midnight re-stamps (a day) and re-deliveries stamped up to 3 days late; measured in docs/performance.md
 DEFAULT_DEDUPE_WINDOW_DAYS = 3
+#: a large line-based input file is read as chunks of about this size (issue 14)
+DEFAULT_CHUNK_MB = 64.0
+#: continuous export (--watch): seconds between polls, and the most files / megabytes per window
+DEFAULT_WATCH_INTERVAL = 30.0
+DEFAULT_MAX_WINDOW_FILES = 1000
+DEFAULT_MAX_WINDOW_MB = 1024.0
 
 
 class OptionError(UsageError):
@@ -363,6 +369,71 @@ OPTIONS: tuple[Option, ...] = (
         "time",
         "the run's clock: LastUpdated, reports, the incremental commit hour (default: now)",
         metavar="TIME",
+    ),
+    Option(
+        "--chunk-mb",
+        "chunk_mb",
+        "float",
+        "cut larger line-based input files into chunks of about this size at line boundaries, so one "
+        "big file spreads over workers",
+        default=DEFAULT_CHUNK_MB,
+        metavar="MB",
+        minimum=0.001,
+        maximum=1_000_000,
+    ),
+    # -- continuous export ---------------------------------------------------------------------
+    Option(
+        "--watch",
+        "watch",
+        "bool",
+        "keep running: every interval, commit the complete, not yet committed input files as one window",
+        default=False,
+    ),
+    Option(
+        "--interval",
+        "interval",
+        "float",
+        "with --watch: seconds between polls of the inputs",
+        default=DEFAULT_WATCH_INTERVAL,
+        metavar="SECONDS",
+        minimum=0.05,
+        maximum=24 * 3600,
+    ),
+    Option(
+        "--max-window-files",
+        "max_window_files",
+        "int",
+        "with --watch: most input files in one window (a backlog is worked off in several)",
+        default=DEFAULT_MAX_WINDOW_FILES,
+        metavar="N",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    Option(
+        "--max-window-mb",
+        "max_window_mb",
+        "float",
+        "with --watch: most input megabytes in one window (a single larger file is a window of its own)",
+        default=DEFAULT_MAX_WINDOW_MB,
+        metavar="MB",
+        minimum=0.001,
+        maximum=10_000_000,
+    ),
+    Option(
+        "--max-windows",
+        "max_windows",
+        "int",
+        "with --watch: stop after committing this many windows",
+        metavar="N",
+        minimum=1,
+        maximum=1_000_000_000,
+    ),
+    Option(
+        "--until-idle",
+        "until_idle",
+        "bool",
+        "with --watch: stop when a poll finds nothing left to commit (a catch-up job)",
+        default=False,
     ),
     Option(
         "--block-records",
