@@ -159,10 +159,22 @@ COMMANDS = {
     "forget": "erase customers: their rows in every table and their dead letters",
     "convert": "convert a data source between the CDM folder and Delta tables, in place",
     "dead-letters": "list rejected records (open and resolved), export them to fix and --replay",
+    "share-profiles": "share chosen profile attributes and segments (never identifiers) as dimensions",
+    "doctor": "check the link's prerequisites from here: access, namespace, naming, readers",
     "help": "show the help of a command: insights-link help export",
 }
 #: subcommands working on a data source, each a module of insights_link.commands
-LAKE_COMMANDS = ("status", "verify", "compact", "vacuum", "forget", "convert", "dead-letters")
+LAKE_COMMANDS = (
+    "status",
+    "verify",
+    "compact",
+    "vacuum",
+    "forget",
+    "convert",
+    "dead-letters",
+    "share-profiles",
+    "doctor",
+)
 
 
 def top_level_help() -> str:
