@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from insights_link.commands.common import Parser
+from insights_link.commands.common import Clock, Parser
 from insights_link.errors import UsageError
-from insights_link.lifecycle import Clock
 
 
 def build_parser() -> argparse.ArgumentParser:
