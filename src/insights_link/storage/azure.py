@@ -1072,6 +1072,30 @@ class AzureStorage:
             self._hns = bool(value)
         return self._hns
 
+    def file_system_exists(self) -> bool:
+        """Whether the lake's file system (container) exists: one read, nothing is created.
+        Wrong credentials raise :class:`CredentialsError` (for ``insights-link doctor``)."""
+        with self._azure_errors("read the properties of the file system of", ""):
+            return bool(self._container.exists())
+
+    def access_controls(self, key: str) -> list[tuple[str, str | None]]:
+        """The POSIX ACL (``user::rwx,user:<oid>:r-x,...,default:...``) of every folder from the
+        file system root down to ``key``, as (path in the file system, ACL) pairs, the ACL None
+        for a folder that does not exist. Read-only; needs a hierarchical namespace (for
+        ``insights-link doctor``)."""
+        fs = self._datalake_file_system()
+        segments = [s for s in self._name(key).split("/") if s]
+        found: list[tuple[str, str | None]] = []
+        with self._azure_errors("read the access control of", key):
+            for depth in range(len(segments) + 1):
+                path = "/".join(segments[:depth]) or "/"
+                try:
+                    acl = str(fs.get_directory_client(path).get_access_control().get("acl") or "")
+                except ResourceNotFoundError:
+                    acl = None
+                found.append((path, acl))
+        return found
+
     def _datalake_file_system(self) -> FileSystemClient:
         if self._datalake_factory is None:
             raise StorageError(f"no DataLake client configured for {self.url}")

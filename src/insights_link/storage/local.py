@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +37,12 @@ def _process_umask() -> int:
     os.umask(current)
     return current
 
+
+#: POSIX ACLs as the kernel stores them in the ``system.posix_acl_access`` xattr (linux/posix_acl_xattr.h)
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
 
 #: How long a conditional write waits for another writer of the same folder: one in the middle of
 #: its write holds it for milliseconds, so this long means a frozen (SIGSTOP) process.
@@ -233,6 +241,36 @@ class LocalStorage:
             return _lock_holder(path)
         finally:
             os.close(fd)  # closing releases the probe's shared lock, if it got one
+        return None
+
+    def posix_acl_probe(self, key: str) -> str | None:
+        """Whether the file system below ``key`` (an existing file the caller wrote) holds
+        POSIX ACLs: sets an extended ACL on it (a named entry for its own owner, read-only, so
+        nobody new gains anything) through the ``system.posix_acl_access`` xattr and reads it
+        back. None when it does, else why not (for ``insights-link doctor``)."""
+        path = self._path(key)
+        st = os.stat(path)
+        acl = struct.pack("<I", _ACL_VERSION) + b"".join(
+            struct.pack("<HHI", tag, perm, ident)
+            for tag, perm, ident in (
+                (_ACL_USER_OBJ, 6, _ACL_UNDEFINED_ID),
+                (_ACL_USER, 4, st.st_uid),
+                (_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED_ID),
+                (_ACL_MASK, 4, _ACL_UNDEFINED_ID),
+                (_ACL_OTHER, 0, _ACL_UNDEFINED_ID),
+            )
+        )
+        try:
+            os.setxattr(path, _ACL_XATTR, acl)
+            back = os.getxattr(path, _ACL_XATTR)
+        except AttributeError:
+            return "this platform has no extended attributes (os.setxattr)"
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                return f"the file system of {self.root} does not support POSIX ACLs ({exc.strerror})"
+            return f"cannot set a POSIX ACL on {path}: {exc.strerror}"
+        if back != acl:
+            return f"the file system of {self.root} did not keep the POSIX ACL set on {path}"
         return None
 
     @contextlib.contextmanager
