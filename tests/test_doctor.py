@@ -395,3 +395,11 @@ def test_usage_error_as_a_process_is_one_line(tmp_path):
 )
 def test_effective_permissions(acl, default, expected):
     assert doctor_command.effective_permissions(acl, OID, default=default) == expected
+
+
+def test_grant_read_on_a_local_lake_fails(tmp_path):
+    """export refuses --grant-read on a local folder; doctor says so before the export does."""
+    (tmp_path / "lake").mkdir()
+    code, report = doctor("--output", str(tmp_path / "lake"), "--grant-read", OID)
+    assert (code, failed(report)) == (1, ["namespace"])
+    assert "needs an ADLS Gen2 lake" in detail(report, "namespace")

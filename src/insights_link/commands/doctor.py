@@ -213,6 +213,7 @@ class Doctor:
         self.storage: Storage | None = None  # set once the lake is reachable
         self.written: str | None = None  # the probe key, while it exists
         self.name_ok = False
+        self.namespace_failed = False  # the namespace check found none (ci_access then skips)
         self._made_folder = False  # doctor created the local _doctor folder (removed when empty)
 
     def checks(self) -> list[Check]:
@@ -352,6 +353,13 @@ class Doctor:
         """ACLs (--reader/--grant-read on ADLS) need a hierarchical namespace."""
         wanted = [f for f, v in (("--reader", self.args.reader), ("--grant-read", self.args.grant_read)) if v]
         if not self.remote:
+            if self.args.grant_read:
+                return Check(
+                    "namespace",
+                    "fail",
+                    "--grant-read takes Entra object ids and needs an ADLS Gen2 lake; on a local lake "
+                    "readers are local users or groups (--reader, POSIX ACLs)",
+                )
             return Check("namespace", "skip", "a local lake: readers are POSIX ACLs (see posix_acl)")
         if not wanted:
             return Check("namespace", "skip", "no --reader or --grant-read given: no ACLs will be set")
@@ -362,11 +370,13 @@ class Doctor:
         except StorageError as exc:
             return Check("namespace", "fail", str(exc))
         account = self.storage.location.account  # type: ignore[attr-defined]
+        self.namespace_failed = not hns
         if not hns:
             return Check(
                 "namespace",
                 "fail",
-                f"account {account} has no hierarchical namespace: {' and '.join(wanted)} set ACLs, which "
+                f"account {account} has no hierarchical namespace: {' and '.join(wanted)} "
+                f"set{'s' if len(wanted) == 1 else ''} ACLs, which "
                 "need ADLS Gen2 (and Customer Insights attaches only ADLS Gen2)",
             )
         return Check("namespace", "ok", f"account {account} has a hierarchical namespace (ACLs can be set)")
@@ -419,6 +429,8 @@ class Doctor:
             return Check("ci_access", "skip", "the lake is not reachable")
         if not self.name_ok:
             return Check("ci_access", "skip", "the --data-source name is not valid (see naming)")
+        if self.namespace_failed:
+            return Check("ci_access", "skip", "no hierarchical namespace, so no ACLs (see namespace)")
         try:
             if not self.storage.is_hns_enabled():  # type: ignore[attr-defined]
                 return Check(

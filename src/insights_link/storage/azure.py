@@ -1075,7 +1075,7 @@ class AzureStorage:
     def file_system_exists(self) -> bool:
         """Whether the lake's file system (container) exists: one read, nothing is created.
         Wrong credentials raise :class:`CredentialsError` (for ``insights-link doctor``)."""
-        with self._azure_errors("read the properties of the file system of", ""):
+        with self._azure_errors("read the properties of the file system", ""):
             return bool(self._container.exists())
 
     def access_controls(self, key: str) -> list[tuple[str, str | None]]:
