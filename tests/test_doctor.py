@@ -403,3 +403,20 @@ def test_grant_read_on_a_local_lake_fails(tmp_path):
     code, report = doctor("--output", str(tmp_path / "lake"), "--grant-read", OID)
     assert (code, failed(report)) == (1, ["namespace"])
     assert "needs an ADLS Gen2 lake" in detail(report, "namespace")
+
+
+def test_interrupted_doctor_still_deletes_its_probe(tmp_path, monkeypatch):
+    """SIGTERM arrives (as the CLI's handler raises it) after the probe was written."""
+    import signal
+
+    from insights_link.errors import Interrupted
+
+    def interrupted(self):
+        assert self.written and (tmp_path / "lake" / self.written).exists()
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(doctor_command.Doctor, "naming", interrupted)
+    (tmp_path / "lake").mkdir()
+    with pytest.raises(Interrupted):
+        doctor("--output", str(tmp_path / "lake"))
+    assert tree(tmp_path / "lake") == []

@@ -217,14 +217,11 @@ class Doctor:
         self._made_folder = False  # doctor created the local _doctor folder (removed when empty)
 
     def checks(self) -> list[Check]:
-        out = [self.lake(), self.write()]
-        out.append(self.naming())
-        out.append(self.profiles())
-        out.append(self.namespace())
-        out.append(self.posix_acl())
-        out.append(self.readers())
-        out.append(self.ci_access())
-        self.remove_probe()
+        try:
+            out = [self.lake(), self.write(), self.naming(), self.profiles(), self.namespace()]
+            out += [self.posix_acl(), self.readers(), self.ci_access()]
+        finally:  # also when interrupted: the probe never outlives the run
+            self.remove_probe()
         if not self.remote:
             out.append(
                 Check(
@@ -552,8 +549,8 @@ def _recognise_profiles(value: str) -> str:
         return f"a CDM folder: {meta} with entities {', '.join(entities)}"
     logs = [n for n in names if n.startswith("_delta_log/") and n.endswith(".json")]
     if logs:
-        version = max(int(n.rsplit("/", 1)[1].split(".")[0]) for n in logs if n.split("/")[1][:1].isdigit())
-        return f"a Delta table (version {version})"
+        versions = [int(v) for n in logs if (v := n.split("/")[1].split(".")[0]).isdigit()]
+        return f"a Delta table (version {max(versions)})" if versions else "a Delta table"
     data = [n for n in names if n.lower().endswith(_PROFILE_FILES) and not n.startswith(("_", "."))]
     if data:
         kinds = sorted({"Parquet" if n.lower().endswith(".parquet") else "CSV" for n in data})
