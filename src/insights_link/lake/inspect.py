@@ -60,6 +60,8 @@ CDM_KINDS = {
     "double": "double",
     "float": "float",
     "boolean": "bool",
+    "bigInteger": "int64",  # share-profiles' integer attributes
+    "list": "list<element: string>",  # share-profiles' Segments column
 }
 
 _HOLDER_SINCE = re.compile(r"since (\S+)")

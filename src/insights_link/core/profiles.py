@@ -1,0 +1,164 @@
+"""Pure rules of ``share-profiles``: what a profile attribute is, which attributes are
+identifiers (never shared), and the CDM/Arrow types an attribute keeps.
+
+No I/O, no Beam, no storage: the readers in :mod:`insights_link.profiles` turn metadata into
+:class:`Attribute` values and these functions decide.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from insights_link.core.contract import UTC_MICROS
+
+#: CDM data types (manifest / entity documents and model.json) -> Arrow types
+CDM_TO_ARROW: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "guid": pa.string(),
+    "char": pa.string(),
+    "unicode": pa.string(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "integer": pa.int32(),
+    "int64": pa.int64(),
+    "bigInteger": pa.int64(),
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "decimal": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "dateTime": UTC_MICROS,
+    "dateTimeOffset": UTC_MICROS,
+}
+#: the lower-cased spellings model.json uses (int64, dateTime, ...) map the same way
+_LOWER = {k.lower(): v for k, v in CDM_TO_ARROW.items()}
+
+
+def arrow_type_of(data_type: str) -> pa.DataType | None:
+    """The Arrow type of a CDM / model.json ``dataType`` (None: unknown)."""
+    return CDM_TO_ARROW.get(data_type) or _LOWER.get(data_type.lower())
+
+
+def cdm_type_of(arrow_type: pa.DataType) -> str:
+    """The CDM data type an Arrow type is declared as in the entity documents this tool writes."""
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "bigInteger"  # the CDM name of a 64-bit integer
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "double"
+    if pa.types.is_date(arrow_type):
+        return "date"
+    if pa.types.is_timestamp(arrow_type):
+        return "dateTime"
+    return "string"
+
+
+def normalized_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type a shared column is written with: one Arrow type per CDM type, so the Parquet
+    files, the entity documents and the Delta schema agree (ints -> int64, decimals/floats ->
+    float64, dates -> date32, timestamps -> UTC micros, everything else -> string)."""
+    return {
+        "boolean": pa.bool_(),
+        "bigInteger": pa.int64(),
+        "double": pa.float64(),
+        "date": pa.date32(),
+        "dateTime": UTC_MICROS,
+        "string": pa.string(),
+    }[cdm_type_of(arrow_type)]
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of the profile table as its metadata describes it."""
+
+    name: str
+    arrow_type: pa.DataType
+    #: what the metadata says about it: "primary key", "identifiedBy", "alternate key", ...
+    marks: tuple[str, ...] = field(default=())
+
+
+#: the unified profile's own identifier in Customer Insights
+UNIFIED_ID = "CustomerId"
+_CAMEL_ID = re.compile(r"(Id|ID|Guid|GUID|Uuid|UUID|Key|KEY|Number|No)$")
+_SNAKE_ID = re.compile(r"(^|[_\-. ])(id|guid|uuid|key|number|no)$", re.IGNORECASE)
+#: words ending in "id" that are not ids (``contactid`` is one; ``IsPaid`` is not)
+_NOT_IDS = frozenset(
+    "paid unpaid prepaid valid invalid rapid fluid liquid humid android solid hybrid squid acid "
+    "lucid vivid timid avid druid pyramid void mid bid kid lid rid".split()
+)
+_ALTERNATE = re.compile(r"^alternate|alternatekey|alternateid", re.IGNORECASE)
+
+
+def identifier_reason(attribute: Attribute) -> str | None:
+    """Why ``attribute`` is an identifier (and so never shared), or None when it can be shared.
+
+    >>> identifier_reason(Attribute("CustomerId", pa.string()))
+    'the unified customer id'
+    >>> identifier_reason(Attribute("LoyaltyTier", pa.string())) is None
+    True
+    """
+    name = attribute.name
+    if name.lower() == UNIFIED_ID.lower():
+        return "the unified customer id"
+    if attribute.marks:
+        return f"the metadata marks it as {' and '.join(attribute.marks)}"
+    if _ALTERNATE.search(name):
+        return "an alternate key"
+    last = re.split(r"[_\-. ]|(?<=[a-z])(?=[A-Z])", name)[-1].lower()
+    glued = name.lower().endswith(("id", "guid", "uuid")) and last not in _NOT_IDS
+    if (
+        name.lower() in ("id", "guid", "uuid", "key")
+        or _CAMEL_ID.search(name)
+        or _SNAKE_ID.search(name)
+        or glued
+    ):
+        return "an id by its name (Id, *Id, *_id, *ID, *id, Guid, *Key, *Number)"
+    return None
+
+
+def check_user_key(name: str, attributes: dict[str, Attribute]) -> Attribute:
+    """The ``--user-key`` attribute; raises ValueError naming it when the profiles lack it or it
+    is the unified CustomerId (Customer Insights' own id never leaves: pick the source's id
+    that events carry as ``Signal.User.Id``)."""
+    found = attributes.get(name)
+    if found is None:
+        raise ValueError(f"--user-key {name!r} is not an attribute of the profiles ({_names(attributes)})")
+    if name.lower() == UNIFIED_ID.lower():
+        raise ValueError(
+            f"--user-key {name!r} is the unified customer id, which is never shared; name the "
+            "profile column whose values events carry as Signal.User.Id"
+        )
+    return found
+
+
+def choose_attributes(wanted: list[str], attributes: dict[str, Attribute], user_key: str) -> list[Attribute]:
+    """The ``--attribute`` values as attributes, in the order given, without repeats. Raises
+    ValueError naming the first one that is unknown, the user key itself, or an identifier."""
+    chosen: list[Attribute] = []
+    for name in dict.fromkeys(wanted):
+        found = attributes.get(name)
+        if found is None:
+            raise ValueError(
+                f"--attribute {name!r} is not an attribute of the profiles ({_names(attributes)})"
+            )
+        if name == user_key:
+            raise ValueError(f"--attribute {name!r} is the --user-key; it is shared as the join key already")
+        reason = identifier_reason(found)
+        if reason:
+            raise ValueError(
+                f"--attribute {name!r} is an identifier ({reason}); identifiers are never shared"
+            )
+        chosen.append(found)
+    if not chosen:
+        raise ValueError("name at least one --attribute to share (see --list-attributes)")
+    return chosen
+
+
+def _names(attributes: dict[str, Attribute]) -> str:
+    names = sorted(attributes)
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"it has {shown}"

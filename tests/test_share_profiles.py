@@ -1,0 +1,414 @@
+"""``insights-link share-profiles`` on a local lake: the sample Customer export and segments
+shared and read back (CDM object model, DuckDB, Delta), every kind of identifier refused, the
+accepted input forms, owner-only folders and POSIX ACLs for readers, and a kill at every step of
+the commit followed by a re-run converging on one snapshot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from cdm_check import load_data_source
+from conftest import REPO, RUN_TIME, manifest_locations, run_cli, run_killed
+from insights_link.cli import main
+from insights_link.profiles.acl import ACCESS, DEFAULT, GROUP, MASK, OTHER, USER, decode_acl
+
+SAMPLE = REPO / "sample_data" / "profiles"
+DS = "CustomerProfiles"
+ATTRS = ["LoyaltyTier", "City", "LifetimeSpend", "OrdersCount", "EmailOptIn", "FirstPurchaseOn"]
+
+
+def share_args(lake, *extra, profiles=SAMPLE / "Customer", attrs=ATTRS, segments=True) -> list[str]:
+    args = ["share-profiles", "--profiles", str(profiles), "--output", str(lake), "--user-key", "WebUserId"]
+    for a in attrs:
+        args += ["--attribute", a]
+    if segments:
+        args += ["--segments", str(SAMPLE / "segments" / "HighValue")]
+        args += ["--segments", str(SAMPLE / "segments" / "SpringSaleResponders.csv")]
+    return args + ["--run-time", RUN_TIME, *extra]
+
+
+def sample_profiles() -> list[dict]:
+    """The sample profiles read independently with the csv module (model.json column order)."""
+    model = json.loads((SAMPLE / "Customer" / "model.json").read_text())
+    names = [a["name"] for a in model["entities"][0]["attributes"]]
+    rows = []
+    for part in sorted((SAMPLE / "Customer" / "Snapshot").glob("*.csv")):
+        with part.open(newline="") as f:
+            rows += [dict(zip(names, r, strict=True)) for r in csv.reader(f)]
+    return rows
+
+
+def expected_memberships() -> set[tuple[str, str]]:
+    by_id = {r["CustomerId"]: r["WebUserId"] for r in sample_profiles()}
+    pairs = set()
+    high = (SAMPLE / "segments" / "HighValue" / "HighValue" / "Snapshot" / "HighValue_1.csv").read_text()
+    pairs |= {(by_id[line], "HighValue") for line in high.split()}
+    with (SAMPLE / "segments" / "SpringSaleResponders.csv").open(newline="") as f:
+        pairs |= {(by_id[r["CustomerId"]], "SpringSaleResponders") for r in csv.DictReader(f)}
+    return pairs
+
+
+def duck() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.sql("SET TimeZone='UTC'")
+    return con
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sample_shared_as_cdm_and_read_back(tmp_path):
+    lake = tmp_path / "lake"
+    proc = run_cli(*share_args(lake, "--run-id", "s1", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    folder = lake / DS
+    loaded = load_data_source(str(folder))  # Microsoft's CDM object model, as Customer Insights loads it
+    assert set(loaded) == {"CustomerDimensions", "SegmentMembership"}
+    assert loaded["CustomerDimensions"]["attributes"] == ["WebUserId", *ATTRS]
+    entity = json.loads((folder / "CustomerDimensions.cdm.json").read_text())
+    types = {a["name"]: a["dataType"] for a in entity["definitions"][0]["hasAttributes"]}
+    assert types == {
+        "WebUserId": "string",
+        "LoyaltyTier": "string",
+        "City": "string",
+        "LifetimeSpend": "double",
+        "OrdersCount": "bigInteger",
+        "EmailOptIn": "boolean",
+        "FirstPurchaseOn": "dateTime",
+    }
+    files = [str(folder / loc) for loc in manifest_locations(folder) if loc.startswith("CustomerDimensions/")]
+    got = (
+        duck()
+        .sql(
+            f"select WebUserId, LoyaltyTier, City, LifetimeSpend, OrdersCount, EmailOptIn, "
+            f"strftime(FirstPurchaseOn, '%Y-%m-%dT%H:%M:%SZ') from read_parquet({files!r})"
+        )
+        .fetchall()
+    )
+    want = [
+        (
+            r["WebUserId"],
+            r["LoyaltyTier"],
+            r["City"],
+            float(r["LifetimeSpend"]),
+            int(r["OrdersCount"]),
+            r["EmailOptIn"] == "true",
+            r["FirstPurchaseOn"],
+        )
+        for r in sample_profiles()
+    ]
+    assert sorted(got) == sorted(want)
+    schema = pq.read_schema(files[0])
+    assert schema.field("FirstPurchaseOn").type == pa.timestamp("us", tz="UTC")
+    assert "CustomerId" not in schema.names and "crm_contactid" not in schema.names
+    members = [
+        str(folder / loc) for loc in manifest_locations(folder) if loc.startswith("SegmentMembership/")
+    ]
+    got_members = set(duck().sql(f"select WebUserId, Segment from read_parquet({members!r})").fetchall())
+    assert got_members == expected_memberships()
+    assert report["tables"]["CustomerDimensions"]["rows"] == len(want)
+    assert json.loads((folder / "_runs" / "s1.json").read_text())["status"] == "committed"
+    assert run_cli("verify", "--lake", str(lake), "--data-source", DS).returncode == 0
+    # hidden: owner-only folders and files, no ACL for anyone
+    for path in [folder, *folder.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+        with pytest.raises(OSError):
+            os.getxattr(path, ACCESS)
+
+
+def test_list_attributes_says_what_can_be_shared(capsys):
+    code, out, _ = cli(
+        [
+            "share-profiles",
+            "--profiles",
+            str(SAMPLE / "Customer"),
+            "--list-attributes",
+            "--user-key",
+            "WebUserId",
+        ],
+        capsys,
+    )
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "identifier: the unified customer id" in lines["CustomerId"]
+    assert "identifier: an id by its name" in lines["crm_contactid"]
+    assert "user key" in lines["WebUserId"]
+    for name in ATTRS:
+        assert "shareable" in lines[name]
+
+
+def write_manifest_source(folder: Path) -> Path:
+    """A Customer CDM folder with a manifest: keys marked by purpose and trait, a CSV partition
+    with a header and a Parquet one."""
+    folder.mkdir(parents=True)
+    entity = {
+        "jsonSchemaSemanticVersion": "1.0.0",
+        "imports": [{"corpusPath": "cdm:/foundations.cdm.json"}],
+        "definitions": [
+            {
+                "entityName": "Customer",
+                "exhibitsTraits": [
+                    {
+                        "traitReference": "is.identifiedBy",
+                        "arguments": [
+                            {"name": "attribute", "value": "Customer/(resolvedAttributes)/ProfileKey"}
+                        ],
+                    }
+                ],
+                "hasAttributes": [
+                    {"name": "CustomerId", "dataType": "string", "purpose": "identifiedBy"},
+                    {"name": "ProfileKey", "dataType": "string"},
+                    {"name": "LoyaltyNumber", "dataType": "string"},
+                    {"name": "Handle", "dataType": "string", "appliedTraits": ["is.identifiedBy"]},
+                    {"name": "WebUserId", "dataType": "string"},
+                    {"name": "Tier", "dataType": "string"},
+                    {"name": "Visits", "dataType": "int32"},
+                    {"name": "Born", "dataType": "date"},
+                    {"name": "Vip", "dataType": "boolean"},
+                ],
+            }
+        ],
+    }
+    (folder / "Customer.cdm.json").write_text(json.dumps(entity))
+    (folder / "Customer").mkdir()
+    header = "CustomerId,ProfileKey,LoyaltyNumber,Handle,WebUserId,Tier,Visits,Born,Vip\n"
+    (folder / "Customer" / "part1.csv").write_text(header + "c1,k1,L1,h1,u1,Gold,3,1990-02-03,true\n")
+    pq.write_table(
+        pa.table(
+            {
+                "CustomerId": ["c2"],
+                "ProfileKey": ["k2"],
+                "LoyaltyNumber": ["L2"],
+                "Handle": ["h2"],
+                "WebUserId": ["u2"],
+                "Tier": ["Silver"],
+                "Visits": pa.array([5], pa.int32()),
+                "Born": pa.array([None], pa.date32()),
+                "Vip": [False],
+            }
+        ),
+        folder / "Customer" / "part2.parquet",
+    )
+    csv_trait = {
+        "traitReference": "is.partition.format.CSV",
+        "arguments": [{"name": "columnHeaders", "value": "true"}, {"name": "delimiter", "value": ","}],
+    }
+    manifest = {
+        "manifestName": "ci",
+        "entities": [
+            {
+                "type": "LocalEntity",
+                "entityName": "Customer",
+                "entityPath": "Customer.cdm.json/Customer",
+                "dataPartitions": [
+                    {"location": "Customer/part1.csv", "exhibitsTraits": [csv_trait]},
+                    {
+                        "location": "Customer/part2.parquet",
+                        "exhibitsTraits": [{"traitReference": "is.partition.format.parquet"}],
+                    },
+                ],
+            }
+        ],
+    }
+    (folder / "ci.manifest.cdm.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("attribute", "reason"),
+    [
+        ("CustomerId", "the unified customer id"),
+        ("ProfileKey", "the metadata marks it as the entity's key"),
+        ("Handle", "the metadata marks it as trait is.identifiedBy"),
+        ("LoyaltyNumber", "an id by its name"),
+    ],
+)
+def test_identifiers_marked_by_the_metadata_are_refused(tmp_path, capsys, attribute, reason):
+    source = write_manifest_source(tmp_path / "ci")
+    lake = tmp_path / "lake"
+    code, _, err = cli(share_args(lake, profiles=source, attrs=["Tier", attribute], segments=False), capsys)
+    assert code == 2
+    assert f"--attribute {attribute!r} is an identifier ({reason}" in err
+    assert "Traceback" not in err
+    assert not (lake / DS / "_runs").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("attribute", "reason"),
+    [
+        ("CustomerId", "the unified customer id"),
+        ("crm_contactid", "an id by its name"),
+        ("WebUserId", "is the --user-key"),
+    ],
+)
+def test_identifiers_of_the_sample_are_refused(tmp_path, capsys, attribute, reason):
+    code, _, err = cli(share_args(tmp_path / "lake", attrs=["City", attribute], segments=False), capsys)
+    assert code == 2 and reason in err and attribute in err
+
+
+def test_model_json_key_annotation_alternate_keys_and_name_conventions(tmp_path, capsys):
+    folder = tmp_path / "mj"
+    folder.mkdir()
+    attributes = [
+        {"name": "WebUserId", "dataType": "string"},
+        {"name": "Email", "dataType": "string", "annotations": [{"name": "isKey", "value": "true"}]},
+        {"name": "AlternateKey_Phone", "dataType": "string"},
+        {"name": "source_id", "dataType": "string"},
+        {"name": "DeviceGuid", "dataType": "guid"},
+        {"name": "LegacyID", "dataType": "string"},
+        {"name": "Tier", "dataType": "string"},
+    ]
+    model = {
+        "name": "m",
+        "entities": [
+            {"$type": "LocalEntity", "name": "Customer", "attributes": attributes, "partitions": []}
+        ],
+    }
+    (folder / "model.json").write_text(json.dumps(model))
+    wanted = {
+        "Email": "the metadata marks it as an identifier (annotation isKey)",
+        "AlternateKey_Phone": "an alternate key",
+        "source_id": "an id by its name",
+        "DeviceGuid": "an id by its name",
+        "LegacyID": "an id by its name",
+    }
+    for name, reason in wanted.items():
+        code, _, err = cli(
+            share_args(tmp_path / "lake", profiles=folder, attrs=[name], segments=False), capsys
+        )
+        assert code == 2 and f"--attribute {name!r} is an identifier ({reason}" in err, err
+    code, out, _ = cli(["share-profiles", "--profiles", str(folder), "--list-attributes"], capsys)
+    assert code == 0 and "Tier" in out and "shareable" in out
+
+
+def test_manifest_csv_with_header_and_parquet_partitions_keep_their_types(tmp_path):
+    source = write_manifest_source(tmp_path / "ci")
+    lake = tmp_path / "lake"
+    proc = run_cli(
+        *share_args(lake, profiles=source, attrs=["Tier", "Visits", "Born", "Vip"], segments=False),
+        "--table-format",
+        "delta",
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = DeltaTable(str(lake / DS / "CustomerDimensions")).to_pyarrow_table()
+    assert table.schema.field("Visits").type == pa.int64()
+    assert table.schema.field("Born").type == pa.date32()
+    assert table.schema.field("Vip").type == pa.bool_()
+    rows = sorted(
+        table.select(["WebUserId", "Tier", "Visits", "Born", "Vip"]).to_pylist(), key=lambda r: r["WebUserId"]
+    )
+    assert [(r["WebUserId"], r["Tier"], r["Visits"], r["Vip"]) for r in rows] == [
+        ("u1", "Gold", 3, True),
+        ("u2", "Silver", 5, False),
+    ]
+    assert str(rows[0]["Born"]) == "1990-02-03" and rows[1]["Born"] is None
+
+
+def test_plain_parquet_and_delta_profile_sources(tmp_path):
+    rows = pa.table({"CustomerId": ["a", "b"], "UserRef": ["u1", "u2"], "Score": [1.5, 2.5]})
+    plain = tmp_path / "profiles.parquet"
+    pq.write_table(rows, plain)
+    from deltalake import write_deltalake
+
+    write_deltalake(str(tmp_path / "delta_profiles"), rows)
+    for source, ds in ((plain, "FromParquet"), (tmp_path / "delta_profiles", "FromDelta")):
+        args = ["share-profiles", "--profiles", str(source), "--output", str(tmp_path / "lake")]
+        args += ["--user-key", "UserRef", "--attribute", "Score", "--data-source", ds]
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        locations = manifest_locations(tmp_path / "lake" / ds)
+        files = [
+            str(tmp_path / "lake" / ds / loc) for loc in locations if loc.startswith("CustomerDimensions/")
+        ]
+        got = duck().sql(f"select UserRef, Score from read_parquet({files!r})").fetchall()
+        assert sorted(got) == [("u1", 1.5), ("u2", 2.5)]
+
+
+def test_readers_get_posix_acls_and_nobody_else(tmp_path, capsys):
+    lake = tmp_path / "lake"
+    code, _, err = cli(share_args(lake, "--reader", "user:daemon", "--reader", "group:nogroup"), capsys)
+    assert code == 0, err
+    import grp
+    import pwd
+
+    uid, gid = pwd.getpwnam("daemon").pw_uid, grp.getgrnam("nogroup").gr_gid
+    folder = lake / DS
+    for path in [folder, *folder.rglob("*")]:
+        is_dir = path.is_dir()
+        entries = {(tag, ident): perm for tag, perm, ident in decode_acl(os.getxattr(path, ACCESS))}
+        want = 5 if is_dir else 4
+        assert entries[(USER, uid)] == want and entries[(GROUP, gid)] == want, path
+        assert entries[(MASK, 0xFFFFFFFF)] == want
+        assert entries[(OTHER, 0xFFFFFFFF)] == 0
+        assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0
+        if is_dir:
+            defaults = {(t, i): p for t, p, i in decode_acl(os.getxattr(path, DEFAULT))}
+            assert defaults[(USER, uid)] == 5 and defaults[(OTHER, 0xFFFFFFFF)] == 0
+    # re-sharing without readers takes them away again
+    code, _, err = cli(share_args(lake), capsys)
+    assert code == 0, err
+    for path in [folder, *folder.rglob("*")]:
+        with pytest.raises(OSError):
+            os.getxattr(path, ACCESS)
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_unknown_reader_is_a_usage_error_before_writing(tmp_path, capsys):
+    lake = tmp_path / "lake"
+    code, _, err = cli(share_args(lake, "--reader", "user:no-such-user-x"), capsys)
+    assert code == 2 and "--reader 'user:no-such-user-x': no such local user" in err
+    assert not (lake / DS).exists()
+
+
+def test_new_snapshot_replaces_the_old_one(tmp_path):
+    profiles = tmp_path / "Customer"
+    shutil.copytree(SAMPLE / "Customer", profiles)
+    lake = tmp_path / "lake"
+    assert run_cli(*share_args(lake, "--run-id", "r1", profiles=profiles, segments=False)).returncode == 0
+    first = manifest_locations(lake / DS)
+    for part in (profiles / "Snapshot").glob("*.csv"):
+        part.write_text(part.read_text().replace(",Berlin,", ",Munich,"))
+    assert run_cli(*share_args(lake, "--run-id", "r2", profiles=profiles, segments=False)).returncode == 0
+    second = manifest_locations(lake / DS)
+    assert not set(first) & set(second) and all("_r2_" in loc for loc in second)
+    assert all((lake / DS / loc).exists() for loc in first)  # left for vacuum
+    files = [str(lake / DS / loc) for loc in second if loc.startswith("CustomerDimensions/")]
+    cities = {c for (c,) in duck().sql(f"select distinct City from read_parquet({files!r})").fetchall()}
+    assert "Munich" in cities and "Berlin" not in cities
+
+
+@pytest.mark.parametrize("step", ["share_before_commit", "after_moves", "after_manifest"])
+def test_kill_and_rerun_converges(tmp_path, step):
+    lake = tmp_path / "lake"
+    assert run_cli(*share_args(lake, "--run-id", "old", segments=False)).returncode == 0
+    killed = run_killed(step, *share_args(lake, "--run-id", "dead"))
+    assert killed.returncode == -9, killed.stderr
+    again = run_cli(*share_args(lake, "--run-id", "again"))
+    assert again.returncode == 0, again.stderr
+    folder = lake / DS
+    locations = manifest_locations(folder)
+    assert {loc.split("/")[0] for loc in locations} == {"CustomerDimensions", "SegmentMembership"}
+    assert all("_again_" in loc for loc in locations)
+    assert not list((folder / "_staging").glob("*/*"))
+    report = json.loads((folder / "_runs" / "dead.json").read_text())
+    assert report["status"] in ("committed", "rolled_back")
+    verify = run_cli("verify", "--lake", str(lake), "--data-source", DS)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    for path in [folder, *folder.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
