@@ -362,14 +362,19 @@ def test_unusable_profile_sources_fail_one_line(tmp_path, make, says):
         (["--ci-principal", "not-a-guid"], "--ci-principal 'not-a-guid' is not an Entra object id"),
         (["--reader", "role:admins"], "--reader 'role:admins': expected NAME, user:NAME or group:NAME"),
         (["--profiles", "s3://bucket/customers"], "s3:// is not supported"),
+        (
+            ["--profiles", "abfss://ci@acct01.dfs.core.windows.net/Customer?sv=1&sig=SECRET"],
+            "--profiles: invalid Azure storage URL 'abfss://ci@acct01.dfs.core.windows.net/Customer': "
+            "remove the query string",
+        ),
     ],
-    ids=["no-output", "grant-read", "ci-principal", "reader-form", "profiles-scheme"],
+    ids=["no-output", "grant-read", "ci-principal", "reader-form", "profiles-scheme", "profiles-sas"],
 )
 def test_usage_errors_exit_2(tmp_path, args, says):
     lake = [] if not args else ["--output", str(tmp_path)]
     code, report = doctor(*lake, *args)
     assert code == 2
-    assert says in report["error"]
+    assert says in report["error"] and "SECRET" not in report["error"]
 
 
 def test_usage_error_as_a_process_is_one_line(tmp_path):

@@ -177,17 +177,17 @@ def check_location(value: str, flag: str) -> None:
 def _check_usage(args: argparse.Namespace) -> bool:
     """Usage errors (exit 2) before any check: a malformed lake URL, object ids that are not
     GUIDs. Returns whether the lake is on Azure."""
-    check_location(args.lake, "--output")
-    remote = is_remote(args.lake)
-    if remote:
-        from insights_link.storage.azure import parse_url
+    for flag, value in (("--output", args.lake), ("--profiles", args.profiles)):
+        if value:
+            check_location(value, flag)
+        if value and is_remote(value):
+            from insights_link.storage.azure import parse_url
 
-        try:
-            parse_url(args.lake)
-        except StorageError as exc:
-            raise UsageError(f"--output: {exc}") from None
-    if args.profiles:
-        check_location(args.profiles, "--profiles")
+            try:
+                parse_url(value)  # the message never repeats a query string (a SAS)
+            except StorageError as exc:
+                raise UsageError(f"{flag}: {exc}") from None
+    remote = is_remote(args.lake)
     ids = [("--grant-read", v) for v in args.grant_read]
     ids += [("--ci-principal", args.ci_principal)] if args.ci_principal is not None else []
     ids += [("--reader", v) for v in args.reader] if remote else []
