@@ -129,6 +129,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(getattr(record, "fields", {}))  # structured fields, e.g. a --watch window
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -274,13 +275,22 @@ def export(argv: list[str]) -> int:
         TooManyRejected,
         UsageError,
     )
+    from insights_link.pipeline import watch
     from insights_link.pipeline.run import run
+
+    def window_out(_line: dict, window_report: dict) -> None:
+        if log_format == "json":  # each window's run report as one stdout line
+            print(json.dumps(window_report, sort_keys=True), flush=True)
 
     previous = {
         signum: signal.signal(signum, lifecycle.interrupt) for signum in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        report = run(argv, on_config=settle_output)
+        if watch.wants_watch(argv):
+            report = watch.watch(argv, on_config=settle_output, on_window=window_out)
+        else:
+            watch.check_not_watching(argv)
+            report = run(argv, on_config=settle_output)
     except UsageError as exc:
         return _failed(log_format, exc.exit_code, f"insights-link: error: {exc}", exc.status)
     except TooManyRejected as exc:
@@ -318,7 +328,7 @@ def export(argv: list[str]) -> int:
     if log_format == "json":
         print(json.dumps(report, sort_keys=True))
     else:
-        print(summary_text(report))
+        print(watch.summary_text(report) if "windows" in report else summary_text(report))
     return EXIT_OK
 
 

@@ -128,6 +128,20 @@ def render(s: dict) -> str:
         + (f" ({reasons})" if reasons else ""),
         "  ",
     )
+    w = s.get("watch")
+    if w:
+        last = w.get("last_window") or {}
+        lines += _wrap(
+            f"watch: lag {w.get('lag_seconds', 0):.0f} s, {w.get('waiting_files', 0)} file(s) waiting "
+            f"at {str(w.get('polled_at'))[:19].replace('T', ' ')}"
+            + (
+                f"; last window {last['run_id']}: {last['files']} file(s), {last['records']:,} read, "
+                f"{last['written']:,} written, {last['rejected']:,} rejected, {last['duplicates']:,} dup"
+                if last
+                else "; no window yet"
+            ),
+            "  ",
+        )
     if s["staging"]:
         for st in s["staging"]:
             record = ", commit record" if st["commit_record"] else ""

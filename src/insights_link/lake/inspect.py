@@ -476,7 +476,21 @@ def status(storage: Storage, name: str, last_runs: int = 5) -> dict[str, Any]:
         "lock": lock_state(storage, name),
         "staging": staging(source),
         "problems_reading": [p.as_dict() for p in source.problems],
+        "watch": watch_state(source),
     }
+
+
+def watch_state(source: Source) -> dict[str, Any] | None:
+    """The record ``export --watch`` keeps in ``_state/watch.json`` (the last window, the lag at
+    its last poll), None when no watcher ever ran here or the record can't be read."""
+    if "_state/watch.json" not in source.objects:
+        return None
+    try:
+        record = json.loads(source.storage.read_bytes(join(source.name, "_state/watch.json")))
+    except (StorageError, OSError, ValueError) as exc:
+        logger.warning("cannot read _state/watch.json: %s", exc)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 # -- verify ------------------------------------------------------------------------------------

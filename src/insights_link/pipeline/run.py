@@ -82,13 +82,15 @@ def run(
     argv: list[str] | None = None,
     clock: Clock = utc_now,
     on_config: Callable[[RunConfig], None] | None = None,
+    select: Callable[[dict[str, list[InputFile]]], dict[str, list[InputFile]]] | None = None,
 ) -> dict:
     """Run one export; returns the committed run report. Raises UsageError / RunFailed.
 
     ``clock`` is the run's injectable clock: it gives ``started_at``, LastUpdated, ``finished_at``
     and the commit hour of incremental files. ``--run-time`` fixes it for the whole run.
     ``on_config`` sees the checked configuration first (the CLI sets up logging from it, so job
-    files' ``log_format``, ``quiet`` and ``verbose`` count like the flags).
+    files' ``log_format``, ``quiet`` and ``verbose`` count like the flags). ``select`` narrows
+    the resolved inputs (``export --watch`` runs each window as a run of the files it chose).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config, options = parse_args(argv, clock())
@@ -100,6 +102,8 @@ def run(
             return config.run_time
 
     inputs = _resolve_all(config)
+    if select is not None:
+        inputs = Inputs(select(inputs.files), inputs.warnings)
     if config.replay:
         inputs = Inputs(replay_files(inputs.files), inputs.warnings)
     try:
@@ -356,6 +360,7 @@ def _run_pipeline(
             recorded,
             existing_url=config.output,
             window_days=config.dedupe_window_days,
+            chunk_bytes=max(int(config.chunk_mb * (1 << 20)), 1),
         )
     )
     mark_launcher()

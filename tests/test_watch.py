@@ -1,0 +1,396 @@
+"""Continuous export (``export --watch``): the pure decisions (complete files, windows, lag) and
+the watcher as a real process over a landing folder, both table formats and layouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN_TIME, dead_letters, event, run_cli, run_reports, start_cli, write_jsonl
+from faults.lake_checks import committed_ids
+from insights_link.core.blocks import InputFile
+from insights_link.core.watching import (
+    complete_files,
+    judge,
+    lag_seconds,
+    select_window,
+    track,
+    window_run_id,
+)
+
+DS = "EngagementInsights"
+
+
+def _file(key: str, size: int = 10, modified: str = "2026-01-01T00:00:00+00:00", version: str = "v1"):
+    return InputFile("/", key, "jsonl", size, modified, version=version)
+
+
+# -- the pure decisions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "elapsed", "complete"),
+    [
+        (None, _file("a"), 10.0, False),  # first seen: a writer may still be appending
+        (_file("a"), _file("a"), 1.0, True),  # unchanged for an interval
+        (_file("a"), _file("a"), 0.5, False),  # unchanged, but not for a whole interval yet
+        (_file("a"), _file("a", size=20), 1.0, False),  # grew
+        (_file("a"), _file("a", modified="2026-01-01T00:00:01+00:00"), 1.0, False),  # touched
+        (_file("a"), _file("a", version="v2"), 1.0, False),  # rewritten with the same size and time
+    ],
+)
+def test_a_file_is_complete_when_unchanged_for_an_interval(before, after, elapsed, complete):
+    tracked = track([before], {}, 0.0) if before else {}
+    tracked = track([after], tracked, elapsed)
+    assert (complete_files([after], tracked, elapsed, interval=1.0) == [after]) == complete
+
+
+@pytest.mark.parametrize(
+    ("marker_at", "complete"),
+    [
+        ("2026-01-01T00:00:05+00:00", True),  # the marker came after the file's last change
+        ("2026-01-01T00:00:00+00:00", True),
+        ("2025-12-31T23:59:59+00:00", False),  # the file changed after its folder was marked
+        (None, False),
+    ],
+)
+def test_a_marker_completes_the_files_it_follows(marker_at, complete):
+    f = _file("landing/day/a.jsonl")
+    markers = {("/", "landing/day"): marker_at} if marker_at else {}
+    tracked = track([f], {}, 0.0)
+    assert (complete_files([f], tracked, 0.0, 1.0, markers) == [f]) == complete
+
+
+def test_tracking_forgets_files_that_are_gone():
+    tracked = track([_file("a"), _file("b")], {}, 0.0)
+    assert set(track([_file("b")], tracked, 1.0)) == {("/", "b")}
+    assert track([_file("b")], tracked, 1.0)[("/", "b")] == tracked[("/", "b")]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_files", "max_bytes", "taken"),
+    [
+        ([10, 10, 10], 2, 1000, 2),  # at most max_files
+        ([10, 10, 10], 10, 25, 2),  # at most max_bytes together
+        ([100, 10], 10, 50, 1),  # a file larger than max_bytes is a window of its own
+        ([10, 100, 10], 10, 50, 1),  # age order: stops at the first file that does not fit
+        ([], 5, 5, 0),
+    ],
+)
+def test_a_window_takes_the_oldest_files_within_its_bounds(sizes, max_files, max_bytes, taken):
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    files = [
+        _file(f"k{9 - i}", size, (start + timedelta(seconds=i)).isoformat()) for i, size in enumerate(sizes)
+    ]
+    window = select_window(list(reversed(files)), max_files, max_bytes)
+    assert window == files[:taken]
+
+
+def test_lag_is_the_age_of_the_oldest_waiting_file():
+    now = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    files = [_file("a", modified="2026-01-01T00:00:30+00:00"), _file("b", modified="2026-01-01T00:00:00Z")]
+    assert lag_seconds(files, now) == 60.0
+    assert lag_seconds([], now) == 0.0
+    assert lag_seconds([_file("c", modified="2026-01-01T00:02:00+00:00")], now) == 0.0
+
+
+def test_a_poll_is_idle_only_when_nothing_waits():
+    a, b = _file("a"), _file("b")
+    tracked = track([a, b], track([a], {}, 0.0), 1.0)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    poll = judge([a, b], {("/", "a"), ("/", "b")}, tracked, {}, 1.0, 1.0, now)
+    assert (poll.ready, poll.changing, poll.idle) == ([a], [b], False)
+    assert judge([a, b], set(), tracked, {}, 1.0, 1.0, now).idle
+    assert window_run_id("base", 7) == "base-w0007"
+
+
+# -- the watcher as a process ------------------------------------------------------------------
+
+
+class Watcher:
+    """``insights-link export --watch`` as a background process; its JSON log lines are read
+    as they come, so a test waits for observable outcomes (a window line), never for time."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = start_cli("export", "--watch", "--log-format", "json", *args, env=env)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for text in self.proc.stderr:
+            self.stderr.append(text)
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                continue
+            self.lines.put(entry)
+
+    def wait_for(self, check, timeout: float = 120) -> dict:
+        """The first log entry (from now on) for which ``check(entry)`` holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                entry = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(entry)
+            if check(entry):
+                return entry
+        raise AssertionError(f"no such log line; exit {self.proc.poll()}:\n{''.join(self.stderr)[-3000:]}")
+
+    def window(self, timeout: float = 120) -> dict:
+        return self.wait_for(lambda e: e.get("event") == "window", timeout)
+
+    def finish(self, timeout: float = 120) -> tuple[int, list[dict]]:
+        """Wait for the exit; the exit code and the stdout JSON lines (window reports, summary)."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def _events(prefix: str, n: int, day: str = "2024-05-01") -> list[dict]:
+    return [event(f"{prefix}{i}", ts=f"{day}T10:00:00Z") for i in range(n)]
+
+
+def _lines(records) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "layout"), [("cdm", "full"), ("cdm", "incremental"), ("delta", "full")], ids=str
+)
+def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp_path):
+    """Files dropped while the watcher runs: a backlog split into bounded windows, a duplicated
+    file, a file with bad records, a file written slowly in pieces; every window's report,
+    rows and dead letters check out, and a second watcher over the same folder finds nothing."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    for n in range(3):  # a backlog: 3 files, at most 2 per window
+        write_jsonl(landing / f"a{n}.jsonl", _events(f"a{n}_", 4))
+    w = Watcher(
+        "--input",
+        str(landing),
+        "--output",
+        str(lake),
+        "--table-format",
+        fmt,
+        "--layout",
+        layout,
+        "--interval",
+        "0.5",
+        "--max-window-files",
+        "2",
+        "--max-windows",
+        "4",
+        "--run-time",
+        RUN_TIME,
+        "--run-id",
+        "watch1",
+    )
+    first, second = w.window(), w.window()
+    assert (first["files"], second["files"]) == (2, 1)
+    assert first["written"] + second["written"] == 12
+    assert first["run_id"] == "watch1-w0001" and second["run_id"] == "watch1-w0002"
+    assert sorted(committed_ids(str(lake))) == sorted(f"a{n}_{i}" for n in range(3) for i in range(4))
+    # A copy of a committed file (its events are duplicates) and a file with bad records.
+    (landing / "copy.jsonl").write_bytes((landing / "a0.jsonl").read_bytes())
+    write_jsonl(landing / "bad.jsonl", [*_events("b", 2), "not json", event("b9", ts="yesterday")])
+    third = w.window()
+    assert (third["files"], third["records"], third["written"]) == (2, 8, 2)
+    assert (third["duplicates"], third["rejected"]) == (4, 2)
+    # A file written slowly: never read half, whatever the moment the watcher polls.
+    slow = landing / "slow.jsonl"
+    data = _lines(_events("s", 30))
+    with open(slow, "wb") as f:
+        for piece in range(3):
+            f.write(data[piece * len(data) // 3 : (piece + 1) * len(data) // 3 - 7])  # a cut line
+            f.flush()
+            f.write(data[(piece + 1) * len(data) // 3 - 7 : (piece + 1) * len(data) // 3])
+            f.flush()
+    fourth = w.window()
+    assert (fourth["files"], fourth["records"], fourth["written"], fourth["rejected"]) == (1, 30, 30, 0)
+    code, out = w.finish()
+    assert code == 0
+    summary = out[-1]
+    assert summary["status"] == "max_windows" and summary["windows"] == 4
+    reports = {r["run_id"]: r for r in run_reports(lake / DS)}
+    assert sorted(reports) == [f"watch1-w000{n}" for n in range(1, 5)]
+    assert all(r["status"] == "committed" for r in reports.values())
+    assert [r["run_id"] for r in out[:-1]] == sorted(reports)  # one stdout report per window
+    ids = committed_ids(str(lake))
+    assert len(ids) == len(set(ids)) == 12 + 2 + 30
+    assert sorted(letter["reason"] for letter in dead_letters(lake / DS)) == [
+        "invalid_timestamp",
+        "malformed",
+    ]
+    # status shows the last window and the lag; a second watcher finds nothing left to do.
+    status = run_cli("status", "--lake", str(lake), "--json")
+    assert status.returncode == 0, status.stderr
+    watched = json.loads(status.stdout)["data_sources"][0]["watch"]
+    assert watched["last_window"]["run_id"] == "watch1-w0004"
+    assert watched["waiting_files"] == 0 and watched["lag_seconds"] == 0
+    if layout == "incremental":
+        return  # the rest is the same for every layout
+    text = run_cli("status", "--lake", str(lake))
+    assert "last window watch1-w0004: 1 file(s), 30 read" in " ".join(text.stdout.split())
+    again = run_cli(
+        "export", "--watch", "--until-idle", "--interval", "0.05", "--input", str(landing),
+        "--output", str(lake), "--table-format", fmt, "--layout", layout, "--log-format", "json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["windows"] == 0
+    assert sorted(committed_ids(str(lake))) == sorted(ids)
+
+
+def test_a_growing_file_waits_until_it_stops_changing(tmp_path):
+    """A file appended to while the watcher polls it is committed only after it stopped changing,
+    whole: the watcher logs it as changing at each poll in between."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    w = Watcher(
+        "--input", str(landing), "--output", str(lake), "--interval", "1", "--max-windows", "1"
+    )  # fmt: skip
+    data = _lines(_events("g", 40))
+    growing = landing / "g.jsonl"
+    cuts = [0, 333, 901, 1700, len(data)]
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        with open(growing, "ab") as f:
+            f.write(data[start:end])
+        # wait until a poll has seen this size as changing (the watcher must not take it yet)
+        w.wait_for(lambda e: e.get("message", "").startswith("poll:") and "1 changing" in e["message"])
+    window = w.window()
+    assert (window["records"], window["written"], window["rejected"]) == (40, 40, 0)
+    assert all(e.get("event") != "window" for e in w.seen[:-1])
+    code, _ = w.finish()
+    assert code == 0
+    assert committed_ids(str(lake)) == sorted(f"g{i}" for i in range(40))
+
+
+def test_a_success_marker_completes_a_folder_at_once(tmp_path):
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    write_jsonl(landing / "part" / "x.jsonl", _events("m", 5))
+    (landing / "part" / "_SUCCESS").write_bytes(b"")
+    # an interval far longer than the test: only the marker can make the file complete
+    done = run_cli(
+        "export", "--watch", "--interval", "3600", "--max-windows", "1", "--input", str(landing),
+        "--output", str(lake), "--log-format", "json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert committed_ids(str(lake)) == sorted(f"m{i}" for i in range(5))
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 0)])
+def test_a_signal_between_windows_stops_the_watcher_with_exit_0(signum, code, tmp_path):
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    write_jsonl(landing / "a.jsonl", _events("a", 3))
+    w = Watcher("--input", str(landing), "--output", str(lake), "--interval", "0.2")
+    w.window()  # logged after the window settled: from here on the watcher is between windows
+    w.proc.send_signal(signum)
+    rc, out = w.finish()
+    assert rc == code, "".join(w.stderr)
+    assert out[-1]["status"] == "stopped" and out[-1]["signal"] == signal.Signals(signum).name
+    assert not (lake / DS / "_lock").exists() or _lock_free(lake)
+    assert committed_ids(str(lake)) == ["a0", "a1", "a2"]
+
+
+def _lock_free(lake: Path) -> bool:
+    status = run_cli("status", "--lake", str(lake), "--json")
+    return json.loads(status.stdout)["data_sources"][0]["lock"]["held"] is False
+
+
+@pytest.mark.parametrize("fmt", ["cdm", "delta"])
+def test_sigterm_and_sigkill_mid_window_then_restart_converge(fmt, tmp_path):
+    """SIGTERM inside a window: the run settles it whole, exit 143; SIGKILL inside the next: the
+    restart recovers it. Every record is committed exactly once in the end."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    for n in range(2):
+        write_jsonl(landing / f"f{n}.jsonl", _events(f"f{n}_", 5))
+    common = ["--input", str(landing), "--output", str(lake), "--table-format", fmt, "--interval", "0.1"]
+    pause = tmp_path / "pause"
+    w = Watcher(
+        *common,
+        "--max-window-files",
+        "1",
+        env={"INSIGHTS_LINK_PAUSE_AT": "before_commit", "INSIGHTS_LINK_PAUSE_FILE": str(pause)},
+    )
+    deadline = time.monotonic() + 120
+    while not pause.exists():
+        assert w.proc.poll() is None and time.monotonic() < deadline, "".join(w.stderr)
+        time.sleep(0.05)
+    w.proc.send_signal(signal.SIGTERM)
+    pause.unlink()
+    rc, _ = w.finish()
+    assert rc == 143, "".join(w.stderr)
+    assert any("interrupted by SIGTERM" in x for x in w.stderr)
+    assert committed_ids(str(lake)) == []  # the window was rolled back whole
+    killed = run_cli(
+        *["export", "--watch", *common, "--max-windows", "5"],
+        env={"INSIGHTS_LINK_KILL_AT": "after_first_move"},
+    )
+    assert killed.returncode == -signal.SIGKILL
+    committed_ids(str(lake), settled=False)  # whatever it left, the committed state is readable
+    restarted = run_cli("export", "--watch", *common, "--until-idle", "--log-format", "json")
+    assert restarted.returncode == 0, restarted.stderr
+    ids = committed_ids(str(lake))
+    assert ids == sorted(f"f{n}_{i}" for n in range(2) for i in range(5))
+    assert not any((lake / DS / "_staging").rglob("*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        (["--interval", "5"], "--interval applies with --watch only"),
+        (["--watch", "--dry-run"], "--dry-run can't be combined with --watch"),
+        (["--watch", "--reprocess"], "--reprocess can't be combined with --watch"),
+        (["--watch", "--interval", "0"], "--interval"),
+        (["--watch", "--max-window-files", "0"], "--max-window-files"),
+    ],
+)
+def test_watch_options_are_checked(extra, text, tmp_path, capsys):
+    from insights_link.cli import main
+
+    landing = tmp_path / "landing"
+    write_jsonl(landing / "a.jsonl", _events("a", 1))
+    lake = str(tmp_path / "lake")
+    assert main(["export", "--input", str(landing), "--output", lake, *extra]) == 2
+    err = capsys.readouterr().err
+    assert text in err and "Traceback" not in err
+    assert not os.path.exists(lake)
+
+
+def test_two_hundred_windows_keep_memory_flat(tmp_path):
+    """200 one-file windows in one watcher process: its resident memory, reported in each
+    window line, stops growing (the last 100 windows add less than a few MB)."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    for n in range(200):  # a week apart: no window's dedupe reads another window's files
+        day = (start + timedelta(days=8 * n)).date().isoformat()
+        write_jsonl(landing / f"f{n:03d}.jsonl", [event(f"e{n}", ts=f"{day}T10:00:00Z")])
+    done = subprocess.run(
+        [
+            *["python", "-m", "insights_link.cli", "export", "--watch", "--input", str(landing)],
+            *["--output", str(lake), "--interval", "0.05", "--max-window-files", "1"],
+            *["--max-windows", "200", "--log-format", "json"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    windows = [json.loads(x) for x in done.stderr.splitlines() if '"event": "window"' in x]
+    assert len(windows) == 200
+    rss = [w["rss_mb"] for w in windows]
+    assert max(rss[100:]) - rss[100] < 30, rss[::20]
+    assert len(committed_ids(str(lake))) == 200
