@@ -76,12 +76,19 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "bench-work"
 DEFAULT_SIZES = (300_000, 1_000_000, 3_000_000)
 
+#: our runs on a dask.distributed cluster the harness starts: mode -> worker processes
+DASK_MODES = {"dask_1": 1, "dask_2": 2}
 #: Beam options per mode; in_memory is what a user gets without options.
 MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "in_memory": (),
     "multi_processing": ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+    # --runner DaskRunner --dask_client_address tcp://...: added by ours_command (see DaskCluster)
+    **{mode: () for mode in DASK_MODES},
 }
 DUCKDB = "duckdb"
+#: the second baseline (issue 14): the fastest script a user could write (duckdb_bare.py)
+BARE = "duckdb-bare"
+BARE_TOLERANCE = 0.02  # it drops epoch-millisecond timestamps and keeps bad URIs: rows differ a little
 OURS = "insights-link"
 DATA_SOURCE = "EngagementInsights"
 TABLE = "WebLog"  # the one activity table of a measured run
@@ -257,6 +264,21 @@ def verify_duckdb(
     return problems
 
 
+def verify_bare(exit_code: int, result: dict[str, Any] | None, expected: dict[str, Any]) -> list[str]:
+    """Problems with one run of the bare DuckDB script: it must write about the valid unique
+    events (within ``BARE_TOLERANCE``; it checks less) into at least one partition per date."""
+    problems = [] if exit_code == 0 else [f"exit code {exit_code}"]
+    if result is None:
+        return [*problems, "no result printed"]
+    rows, want = result.get("rows_written"), expected["valid_unique"]
+    if not isinstance(rows, int) or abs(rows - want) > BARE_TOLERANCE * want:
+        problems.append(f"rows_written {rows} not within {BARE_TOLERANCE:.0%} of expected {want}")
+    dates = len(expected.get("valid_unique_per_date") or {})
+    if dates and (result.get("partitions") or 0) < dates:
+        problems.append(f"partitions {result.get('partitions')} < expected {dates} dates")
+    return problems
+
+
 def summarize(runs: Sequence[dict[str, Any]], events: int) -> dict[str, Any]:
     """Median wall, events/s and peak RSS over the rounds of one engine at one size.
 
@@ -267,6 +289,8 @@ def summarize(runs: Sequence[dict[str, Any]], events: int) -> dict[str, Any]:
     wall = median(walls) if verified else None
     rss = [run["maxrss_kb"] for run in runs if run.get("maxrss_kb") is not None]
     tree = [run["tree_rss_kb"] for run in runs if run.get("tree_rss_kb") is not None]
+    cpu = [run["cpu_s"] for run in runs if run.get("cpu_s") is not None]
+    cpu_s = median(cpu) if verified and cpu and len(cpu) == len(runs) else None
     return {
         "rounds": len(runs),
         "verified": verified,
@@ -274,6 +298,8 @@ def summarize(runs: Sequence[dict[str, Any]], events: int) -> dict[str, Any]:
         "walls_s": [round(w, 3) for w in walls],
         "median_wall_s": None if wall is None else round(wall, 3),
         "events_per_s": None if wall is None else round(events / wall, 1),
+        "median_cpu_s": None if cpu_s is None else round(cpu_s, 2),
+        "cpu_s_per_million": None if cpu_s is None or not events else round(cpu_s * 1e6 / events, 2),
         "peak_rss_kb": max(rss) if rss else None,
         "peak_tree_rss_kb": max(tree) if tree else None,
         "max_others_cpu_share": max(
@@ -498,6 +524,9 @@ RESULT_HEADERS = (
     "median wall s",
     "events/s",
     "vs DuckDB",
+    "vs bare DuckDB",
+    "CPU s",
+    "CPU s / M events",
     "peak RSS MiB",
     "tree RSS MiB",
     "walls s",
@@ -519,6 +548,9 @@ def result_rows(results: dict[str, Any]) -> list[list[str]]:
                     fmt_seconds(summary["median_wall_s"]),
                     fmt_rate(summary["events_per_s"]),
                     "" if mode is None else fmt_ratio(size["ratio"].get(mode)),
+                    "" if mode is None else fmt_ratio((size.get("ratio_bare") or {}).get(mode)),
+                    fmt_seconds(summary.get("median_cpu_s")),
+                    fmt_seconds(summary.get("cpu_s_per_million")),
                     fmt_mib(summary["peak_rss_kb"]),
                     fmt_mib(summary["peak_tree_rss_kb"]),
                     " ".join(f"{w:.2f}" for w in summary["walls_s"]),
@@ -814,9 +846,103 @@ def ensure_dataset(
     return folder, expected
 
 
+class DaskCluster:
+    """A ``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes (no nanny,
+    so each worker is one process whose CPU time and RSS the harness reads from /proc) on free
+    loopback ports, started once and kept for every size (a cluster is long-lived in use too)."""
+
+    def __init__(self, workers: int, log_dir: Path) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        dask = [sys.executable, "-m", "dask"]
+
+        def start(args: list[str], name: str) -> subprocess.Popen:
+            with open(log_dir / f"{name}.log", "wb") as log:
+                return subprocess.Popen([*dask, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+        self.procs = [
+            start(
+                ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+                "scheduler",
+            )
+        ]
+        for n in range(workers):
+            self.procs.append(
+                start(
+                    [
+                        "worker",
+                        self.address,
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        f"bench-w{n}",
+                        "--memory-limit",
+                        "0",
+                    ],
+                    f"worker-{workers}-{n}",
+                )
+            )
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the cluster's processes used so far."""
+        total = 0
+        for proc in self.procs:
+            try:
+                with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICKS
+
+    def rss_kb(self) -> int:
+        """The summed RSS of the cluster's processes now."""
+        total = 0
+        for proc in self.procs:
+            try:
+                with open(f"/proc/{proc.pid}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            except OSError:
+                continue
+        return total
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+#: the running clusters of the dask modes, by mode
+CLUSTERS: dict[str, DaskCluster] = {}
+
+
 def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str, table_format: str = "cdm") -> list[str]:
     script = Path(sys.executable).with_name("insights-link")
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "insights_link.cli"]
+    dask = (
+        ("--runner", "DaskRunner", "--dask_client_address", CLUSTERS[mode].address)
+        if mode in DASK_MODES
+        else ()
+    )
     return [
         *launcher,
         "export",
@@ -828,6 +954,7 @@ def ours_command(input_dir: Path, lake: Path, run_id: str, mode: str, table_form
         run_id,
         *(() if table_format == "cdm" else ("--table-format", table_format)),
         *MODE_OPTIONS[mode],
+        *dask,
     ]
 
 
@@ -844,7 +971,14 @@ def run_ours(
 ) -> dict[str, Any]:
     if fresh and lake.exists():
         shutil.rmtree(lake)
+    cluster = CLUSTERS.get(mode)
+    cluster_cpu = cluster.cpu_s() if cluster else 0.0
     run = run_measured(ours_command(input_dir, lake, run_id, mode, table_format), logs, run_id, quiet_wait)
+    if cluster:  # the workers' CPU and memory count too (RSS: as the run ends, not a sampled peak)
+        run["cluster_cpu_s"] = round(cluster.cpu_s() - cluster_cpu, 2)
+        run["cpu_s"] = round(run["cpu_s"] + run["cluster_cpu_s"], 2)
+        run["cluster_rss_kb"] = cluster.rss_kb()
+        run["tree_rss_kb"] = (run["tree_rss_kb"] or 0) + run["cluster_rss_kb"]
     report_path = lake / DATA_SOURCE / "_runs" / f"{run_id}.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
     run["problems"] = verify_ours(run["exit_code"], report, expected)
@@ -891,6 +1025,29 @@ def run_duckdb(
         except json.JSONDecodeError:
             result = None
     run["problems"] = verify_duckdb(run["exit_code"], result, expected)
+    run["result"] = result
+    return run
+
+
+def run_bare(
+    input_dir: Path, expected: dict[str, Any], out: Path, name: str, logs: Path, quiet_wait: float = 0.0
+) -> dict[str, Any]:
+    """One run of the bare DuckDB script (``duckdb_bare.py``), measured like the others."""
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "duckdb_bare.py"),
+        str(input_dir / "events-*.jsonl"),
+        str(out),
+    ]
+    run = run_measured(cmd, logs, name, quiet_wait)
+    lines = Path(run["stdout"]).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        result = None
+    run["problems"] = verify_bare(run["exit_code"], result, expected)
     run["result"] = result
     return run
 
@@ -954,7 +1111,7 @@ def measure_size(
     )
     out, logs = work / "out", work / "logs"
     ours = [(m, f) for m in modes for f in table_formats]
-    runs: dict[str, list[dict[str, Any]]] = {DUCKDB: [], **{ours_label(m, f): [] for m, f in ours}}
+    runs: dict[str, list[dict[str, Any]]] = {DUCKDB: [], BARE: [], **{ours_label(m, f): [] for m, f in ours}}
     for r in range(1, rounds + 1):
         runs[DUCKDB].append(
             measured(
@@ -962,6 +1119,15 @@ def measure_size(
                     input_dir, expected, out / "duckdb", f"duckdb-{events}-r{r}", logs, wait
                 ),
                 f"round {r} duckdb",
+                settings,
+            )
+        )
+        runs[BARE].append(
+            measured(
+                lambda wait, r=r: run_bare(
+                    input_dir, expected, out / BARE, f"{BARE}-{events}-r{r}", logs, wait
+                ),
+                f"round {r} {BARE}",
                 settings,
             )
         )
@@ -986,6 +1152,7 @@ def measure_size(
             )
     engines = {label: summarize(label_runs, events) for label, label_runs in runs.items()}
     duck_eps = engines[DUCKDB]["events_per_s"]
+    bare_eps = engines[BARE]["events_per_s"]
     delta_vs_cdm = {
         m: ratio(engines[ours_label(m, "delta")]["median_wall_s"], engines[ours_label(m)]["median_wall_s"])
         for m in modes
@@ -999,6 +1166,9 @@ def measure_size(
         "expected": {k: expected[k] for k in ("events_total", "valid_unique", "duplicates", "invalid_total")},
         "engines": engines,
         "ratio": {variant(m, f): ratio(engines[ours_label(m, f)]["events_per_s"], duck_eps) for m, f in ours},
+        "ratio_bare": {
+            variant(m, f): ratio(engines[ours_label(m, f)]["events_per_s"], bare_eps) for m, f in ours
+        },
         **({"delta_vs_cdm": delta_vs_cdm} if delta_vs_cdm else {}),
         "runs": runs,
     }
@@ -1152,6 +1322,8 @@ def _strip_runs(results: dict[str, Any]) -> dict[str, Any]:
         "report",
         "result",
         "delta",
+        "cluster_cpu_s",
+        "cluster_rss_kb",
     )
 
     def slim(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -1275,11 +1447,20 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(_strip_runs(results), indent=2) + "\n", encoding="utf-8")
 
     began = time.perf_counter()
-    for events in sizes:
-        results["sizes"].append(
-            measure_size(work, events, args.files, args.rounds, modes, settings, table_formats)
-        )
-        save()
+    try:
+        for mode in modes:
+            if mode in DASK_MODES:
+                print(f"starting a dask cluster with {DASK_MODES[mode]} worker(s) for {mode}", flush=True)
+                CLUSTERS[mode] = DaskCluster(DASK_MODES[mode], work / "logs" / "dask")
+        for events in sizes:
+            results["sizes"].append(
+                measure_size(work, events, args.files, args.rounds, modes, settings, table_formats)
+            )
+            save()
+    finally:
+        for cluster in CLUSTERS.values():
+            cluster.stop()
+        CLUSTERS.clear()
     if args.incremental:
         results["incremental"] = measure_incremental(
             work, args.files, args.rounds, base_events, new_events, settings

@@ -256,7 +256,7 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     assert results["machine"]["nproc"] >= 1 and results["loadavg"]["after"]
     [size] = results["sizes"]
     assert size["events"] == 2000 and size["expected"]["events_total"] == 2000
-    assert set(size["engines"]) == {"duckdb", "insights-link/in_memory"}
+    assert set(size["engines"]) == {"duckdb", "duckdb-bare", "insights-link/in_memory"}
     for summary in size["engines"].values():
         assert summary["verified"] and summary["problems"] == []
         assert summary["events_per_s"] > 0 and summary["peak_rss_kb"] > 0

@@ -35,6 +35,26 @@ class InputFile:
         return self.key.lower().endswith(".gz")
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """A byte range ``[start, end)`` of an input file, cut at line boundaries (issue 14).
+
+    ``start`` is 0 or just after a ``\n``; ``end`` is the next chunk's start or the file's
+    size. ``lines_before`` is the number of line ends (LF, CRLF, lone CR, as the JSON-lines
+    reader counts them) before ``start``, so the chunk's records keep the line numbers a reading
+    of the whole file gives them: dead letters and the dedupe order don't depend on chunking.
+    """
+
+    index: int
+    start: int
+    end: int
+    lines_before: int
+
+
+#: block numbers of chunk ``k`` start at ``k * CHUNK_BLOCK_STRIDE``: unique and in file order
+CHUNK_BLOCK_STRIDE = 1_000_000
+
+
 @dataclass
 class RawBlock:
     """Up to ``block_records`` raw records of one file, in file order."""

@@ -27,6 +27,15 @@ class _Collector(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _register_optional_runner_options() -> None:
+    """Import the option classes of runners whose extras may be missing (DaskRunner's
+    ``--dask_client_address`` lives in its runner module), so the strict check knows them."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
+    except ImportError:  # dask not installed: its arguments stay unknown, --runner DaskRunner says why
+        pass
+
+
 def _option_classes(cls: type = PipelineOptions) -> list[type]:
     found: list[type] = []
     for sub in cls.__subclasses__():
@@ -39,6 +48,7 @@ def unknown_beam_arguments(args: list[str]) -> list[str]:
     """The arguments in ``args`` that no Beam option class declares."""
     if not args:
         return []
+    _register_optional_runner_options()
     parser = _Collector(allow_abbrev=False, add_help=False, conflict_handler="resolve")
     for cls in _option_classes():
         cls._add_argparse_args(parser)  # the documented hook every PipelineOptions subclass defines
@@ -46,11 +56,23 @@ def unknown_beam_arguments(args: list[str]) -> list[str]:
     return unknown
 
 
+#: runners Beam's registry lacks, by the short names people type (lowercase) -> dotted path
+_SHORT_NAMES = {
+    "daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
+    "dask": "apache_beam.runners.dask.dask_runner.DaskRunner",
+}
+
+
 def check_runner(options: PipelineOptions) -> None:
     """A runner Beam doesn't know, or one whose extras aren't installed, is a usage error."""
     from apache_beam.runners.runner import create_runner
 
     name = options.view_as(StandardOptions).runner
+    if isinstance(name, str) and name.lower() in _SHORT_NAMES:
+        # Beam knows DaskRunner only by its dotted path; the short name is the documented one
+        name = options.view_as(StandardOptions).runner = _SHORT_NAMES[name.lower()]
+    if isinstance(name, str) and name.endswith("DaskRunner"):
+        _spread_dask_elements(options)
     if name is None or not isinstance(name, str):
         problems = _direct_and_portable_errors(options, "")
         if problems:
@@ -74,6 +96,20 @@ def check_runner(options: PipelineOptions) -> None:
     if errors:
         problems = "; ".join(" ".join(e.split()) for e in errors)
         raise UsageError(f"--runner {name}: its options are incomplete: {problems[:400]}")
+
+
+def _spread_dask_elements(options: PipelineOptions) -> None:
+    """One input file per ``dask.Bag`` partition unless ``--dask_npartitions`` or
+    ``--dask_partition_size`` says otherwise. Beam 2.77's DaskRunner puts up to 128 created
+    elements in one partition, and its GroupByKey (so every Reshuffle) keeps the partition count:
+    a run of a few files would run on one worker."""
+    try:
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+    except ImportError:
+        return
+    dask = options.view_as(DaskOptions)
+    if dask.npartitions is None and dask.partition_size is None:
+        dask.partition_size = 1
 
 
 def _direct_and_portable_errors(options: PipelineOptions, runner: str) -> list[str]:

@@ -1,10 +1,16 @@
 """The Beam wiring: one composite PTransform per stage, DoFns as thin adapters.
 
-    InputFile -> ReadRawBlocks -> ValidateAndMap -+-> activities -> DedupeActivities -> WriteActivityFiles -+
+    InputFile -> SplitFiles -> ReadRawBlocks -> ValidateAndMap -+-> activities -> DedupeActivities -> WriteActivityFiles -+
                                                    +-> dead letters -> WriteDeadLetters -------------------+-> SummarizeRun
                                                    +-> tallies --------------------------------------------+
 
 Records travel as Arrow tables keyed by (table, UTC date). Every outcome has a Metrics counter.
+A large JSON-lines file is cut into chunks at line boundaries (``--chunk-mb``); the chunks are
+separate elements after a Reshuffle, so one big file spreads over a distributed runner's workers.
+
+Stages with several outputs emit ``(tag, value)`` pairs on one output and split them with
+FlatMaps (:class:`TaggedParDo`) instead of ``with_outputs``: Beam's DaskRunner hands every
+consumer of a multi-output ParDo all of its outputs mixed (apache-beam 2.77).
 Workers write only below the run's ``_staging/<run>/`` folder; the launcher commits afterwards.
 """
 
@@ -33,10 +39,10 @@ from insights_link.core.batch import (
     split_by_date,
     window_dates,
 )
-from insights_link.core.blocks import InputFile, RawBlock
+from insights_link.core.blocks import CHUNK_BLOCK_STRIDE, Chunk, RawBlock
 from insights_link.core.contract import REASONS
 from insights_link.core.deadletters import dead_letter_key, encode_dead_letters
-from insights_link.core.formats import read_blocks
+from insights_link.core.formats import chunkable, plan_chunks, read_blocks
 from insights_link.lake.layout import partition_file_name, staging_key
 from insights_link.lake.parquet import read_ids, read_pieces, write_parquet, write_piece
 from insights_link.lifecycle import exit_with_launcher
@@ -45,6 +51,8 @@ from insights_link.storage import open_storage
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "insights_link"
+#: --chunk-mb's default in bytes (pipeline/spec.py DEFAULT_CHUNK_MB)
+DEFAULT_CHUNK_BYTES = 64 << 20
 DEAD_LETTERS = "dead_letters"
 TALLIES = "tallies"
 
@@ -61,6 +69,13 @@ COUNTS = (
 #: holding each --property, and Signal.Name values seen (only with an event_names filter)
 PRESENT = "properties_present"
 NAMES_SEEN = "event_names_seen"
+
+
+def block_name(index: int) -> str:
+    """A block number as a name that sorts in file order: six digits as ever, and numbers from
+    a second chunk on (``CHUNK_BLOCK_STRIDE`` and up) after ``~``, which sorts after every digit.
+    Dead-letter members are published in name order, so this keeps them in file order."""
+    return f"{index:06d}" if index < CHUNK_BLOCK_STRIDE else f"~{index:013d}"
 
 
 def empty_counts() -> dict:
@@ -122,7 +137,34 @@ class MergeOutcomes(beam.CombineFn):
 # -- DoFns (thin adapters over the pure functions) ---------------------------------------------
 
 
+class SplitFileFn(beam.DoFn):
+    """(InputFile, activities) -> (InputFile, activities, Chunk or None): a plain JSON-lines file
+    over ``chunk_bytes`` becomes its chunks (one read counting line ends); any other file one
+    element (None: read it whole)."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.chunks = Metrics.counter(NAMESPACE, "chunks_planned")
+
+    def setup(self):
+        exit_with_launcher()
+
+    def process(self, element: tuple):
+        f, activities = element[0], element[1]
+        if not chunkable(f, self.chunk_bytes):
+            yield f, activities, None
+            return
+        chunks = plan_chunks(f, lambda: open_storage(f.root).open_read(f.key), self.chunk_bytes)
+        logger.info("%s: %d chunk(s) of about %d bytes", f.source, len(chunks), self.chunk_bytes)
+        self.chunks.inc(len(chunks))
+        for chunk in chunks:
+            yield f, activities, chunk if len(chunks) > 1 else None
+
+
 class ReadBlocksFn(beam.DoFn):
+    """(InputFile, activities, Chunk or None) -> RawBlock: the whole file, or one chunk of it
+    (a ranged read) with the file's own line numbers."""
+
     def __init__(self, block_records: int) -> None:
         self.block_records = block_records
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
@@ -130,18 +172,25 @@ class ReadBlocksFn(beam.DoFn):
     def setup(self):
         exit_with_launcher()
 
-    def process(self, element: tuple[InputFile, tuple[str, ...]]):
-        f, activities = element
+    def process(self, element: tuple):
+        f, activities = element[0], element[1]
+        chunk: Chunk | None = element[2] if len(element) > 2 else None
+        if chunk is None:
+            opener = lambda: open_storage(f.root).open_read(f.key)  # noqa: E731
+        else:
+            opener = lambda: open_storage(f.root).read_range(f.key, chunk.start, chunk.end)  # noqa: E731
         count = 0
-        for block in read_blocks(f, lambda: open_storage(f.root).open_read(f.key), self.block_records):
+        for block in read_blocks(f, opener, self.block_records, chunk):
             block.activities = activities
             count += len(block.payloads)
             logger.debug("reading %s: %d records so far", f.source, count)
             checkpoint("block_read", source=f.source, records=len(block.payloads))
             yield block
-        self.files_read.inc()
+        if chunk is None or chunk.index == 0:
+            self.files_read.inc()  # once per file
         checkpoint("file_read", source=f.source, size=f.size)
-        logger.info("read %s: %d records", f.source, count)
+        where = f" (chunk {chunk.index}, bytes {chunk.start}-{chunk.end})" if chunk else ""
+        logger.info("read %s%s: %d records", f.source, where, count)
 
 
 class ValidateBlockFn(beam.DoFn):
@@ -231,7 +280,7 @@ class SpillPieceFn(beam.DoFn):
     def process(self, element):
         (table_name, day), (rank, index, rows) = element
         key = staging_key(
-            self.data_source, self.run_id, "pieces", table_name, day, f"{rank:06d}_{index:06d}.arrow"
+            self.data_source, self.run_id, "pieces", table_name, day, f"{rank:06d}_{block_name(index)}.arrow"
         )
         write_piece(self.storage, key, rows)
         yield (table_name, day), key
@@ -339,7 +388,9 @@ class WriteDeadLettersFn(beam.DoFn):
 
     def process(self, element):
         rank, index, count, encoded = element
-        key = staging_key(self.data_source, self.run_id, "deadletter", f"{rank:06d}_{index:06d}.jsonl.gz")
+        key = staging_key(
+            self.data_source, self.run_id, "deadletter", f"{rank:06d}_{block_name(index)}.jsonl.gz"
+        )
         self.storage.write_bytes(key, gzip.compress(encoded, compresslevel=1, mtime=0))
         self.dead_lettered.inc(count)
         yield {"dead_letter_files": [key]}
@@ -360,18 +411,78 @@ class WriteOutcomeFn(beam.DoFn):
 
 
 class ReadRawBlocks(beam.PTransform):
-    """(InputFile, activity names) -> RawBlock, files spread over workers first."""
+    """(InputFile, activity names) -> RawBlock: files spread over workers, large JSON-lines
+    files cut into chunks there, and the chunks spread again (each one a separate element)."""
 
-    def __init__(self, block_records: int) -> None:
+    def __init__(self, block_records: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         super().__init__()
         self.block_records = block_records
+        self.chunk_bytes = chunk_bytes
 
     def expand(self, files):
         return (
             files
             | "SpreadFiles" >> beam.Reshuffle()
+            | "SplitFiles" >> beam.ParDo(SplitFileFn(self.chunk_bytes))
+            | "SpreadChunks" >> beam.Reshuffle()
             | "ReadBlocks" >> beam.ParDo(ReadBlocksFn(self.block_records))
         )
+
+
+MAIN = "main"
+
+
+class _Tagging(beam.DoFn):
+    """Runs ``fn`` and emits each output as ``(tag, value)`` on the main output (MAIN untagged)."""
+
+    def __init__(self, fn: beam.DoFn) -> None:
+        self.fn = fn
+
+    def setup(self):
+        self.fn.setup()
+
+    def process(self, element):
+        for out in self.fn.process(element) or ():
+            if isinstance(out, pvalue.TaggedOutput):
+                yield out.tag, out.value
+            else:
+                yield MAIN, out
+
+    def teardown(self):
+        self.fn.teardown()
+
+
+def _pick(item: tuple, tag: str) -> list:
+    return [item[1]] if item[0] == tag else []
+
+
+class TaggedOutputs(dict):
+    """A stage's outputs by tag; ``outputs.name`` as with ``with_outputs(main=name)``."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class TaggedParDo(beam.PTransform):
+    """``ParDo(fn).with_outputs(*tags, main=main)`` that every runner splits correctly: ``fn``'s
+    outputs travel as (tag, value) pairs and one FlatMap per tag picks its own (fused by runners
+    that fuse; the DaskRunner needs it, see the module docstring)."""
+
+    def __init__(self, fn: beam.DoFn, tags: tuple[str, ...], main: str) -> None:
+        super().__init__()
+        self.fn = fn
+        self.tags = tags
+        self.main = main
+
+    def expand(self, pcoll):
+        pairs = pcoll | "Run" >> beam.ParDo(_Tagging(self.fn))
+        outputs = TaggedOutputs({self.main: pairs | f"Only_{self.main}" >> beam.FlatMap(_pick, MAIN)})
+        for tag in self.tags:
+            outputs[tag] = pairs | f"Only_{tag}" >> beam.FlatMap(_pick, tag)
+        return outputs
 
 
 class ValidateAndMap(beam.PTransform):
@@ -383,8 +494,8 @@ class ValidateAndMap(beam.PTransform):
         self.recorded = recorded
 
     def expand(self, blocks):
-        return blocks | "CheckAndMap" >> beam.ParDo(ValidateBlockFn(self.specs, self.recorded)).with_outputs(
-            DEAD_LETTERS, TALLIES, main="activities"
+        return blocks | "CheckAndMap" >> TaggedParDo(
+            ValidateBlockFn(self.specs, self.recorded), (DEAD_LETTERS, TALLIES), main="activities"
         )
 
 
@@ -418,7 +529,7 @@ class DedupeActivities(beam.PTransform):
             | "SpillPieces" >> beam.ParDo(SpillPieceFn(self.lake_url, self.data_source, self.run_id))
             | "GroupByTableAndDate" >> beam.GroupByKey()
             | "DropDuplicates"
-            >> beam.ParDo(
+            >> TaggedParDo(
                 DedupeFn(
                     self.lake_url,
                     self.existing,
@@ -426,8 +537,10 @@ class DedupeActivities(beam.PTransform):
                     self.data_source,
                     self.run_id,
                     self.window_days,
-                )
-            ).with_outputs(TALLIES, main="rows")
+                ),
+                (TALLIES,),
+                main="rows",
+            )
         )
 
 
@@ -467,10 +580,14 @@ class SummarizeRun(beam.PTransform):
         self.event_names = event_names
 
     def expand(self, outcomes):
+        # one empty outcome always flows in, so the combine needs no default (a side input,
+        # which the DaskRunner computes by re-running the graph) and an input without any
+        # record still writes its outcome
+        seed = outcomes[0].pipeline | "NoOutcome" >> beam.Create([{}])
         return (
-            outcomes
+            (*outcomes, seed)
             | "FlattenOutcomes" >> beam.Flatten()
-            | "MergeOutcomes" >> beam.CombineGlobally(MergeOutcomes(self.event_names))
+            | "MergeOutcomes" >> beam.CombineGlobally(MergeOutcomes(self.event_names)).without_defaults()
             | "WriteOutcome" >> beam.ParDo(WriteOutcomeFn(self.lake_url, self.key))
         )
 
@@ -494,8 +611,10 @@ class ExportActivities(beam.PTransform):
         recorded: frozenset[tuple] = frozenset(),
         existing_url: str | None = None,
         window_days: int = 0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
+        self.chunk_bytes = chunk_bytes
         self.window_days = window_days
         self.existing_url = existing_url
         self.specs = specs
@@ -510,7 +629,7 @@ class ExportActivities(beam.PTransform):
     def expand(self, files):
         checked = (
             files
-            | "Read" >> ReadRawBlocks(self.block_records)
+            | "Read" >> ReadRawBlocks(self.block_records, self.chunk_bytes)
             | "Validate" >> ValidateAndMap(self.specs, self.recorded)
         )
         deduped = checked.activities | "Dedupe" >> DedupeActivities(
@@ -532,7 +651,11 @@ class ExportActivities(beam.PTransform):
 def counter_totals(result) -> Counter:
     """Committed Metrics counter values by name, for reports and tests."""
     totals: Counter = Counter()
-    for counter in result.metrics().query()["counters"]:
+    try:
+        counters = result.metrics().query()["counters"]
+    except NotImplementedError:  # the DaskRunner collects no metrics (apache-beam 2.77)
+        return totals
+    for counter in counters:
         if counter.key.metric.namespace == NAMESPACE:
             totals[counter.key.metric.name] += counter.committed or counter.attempted or 0
     return totals

@@ -22,6 +22,7 @@ from insights_link.pipeline.spec import (
     ACTIVITY_OPTIONS,
     BY_DEST,
     DEFAULT_BLOCK_RECORDS,
+    DEFAULT_CHUNK_MB,
     DEFAULT_DEDUPE_WINDOW_DAYS,
     DEFAULT_LOCK_WAIT,
     DEFAULT_MAX_ROWS_PER_FILE,
@@ -89,6 +90,7 @@ class RunConfig:
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE
     dedupe_window_days: int = DEFAULT_DEDUPE_WINDOW_DAYS
     block_records: int = DEFAULT_BLOCK_RECORDS
+    chunk_mb: float = DEFAULT_CHUNK_MB
     dry_run: bool = False
     replay: bool = False  # the inputs are fixed dead letters (see insights_link.lake.deadletters)
     quiet: bool = False
@@ -206,6 +208,7 @@ def parse_args(argv: list[str], now: datetime) -> tuple[RunConfig, PipelineOptio
         max_rows_per_file=int(settings.get("max_rows_per_file", DEFAULT_MAX_ROWS_PER_FILE)),
         dedupe_window_days=int(settings.get("dedupe_window_days", DEFAULT_DEDUPE_WINDOW_DAYS)),
         block_records=int(settings.get("block_records", DEFAULT_BLOCK_RECORDS)),
+        chunk_mb=float(settings.get("chunk_mb", DEFAULT_CHUNK_MB)),
         dry_run=settings.get("dry_run", False),
         replay=settings.get("replay", False),
         quiet=settings.get("quiet", False),

@@ -908,6 +908,21 @@ class AzureStorage:
             raise
         return cast(BinaryIO, spool)
 
+    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """Bytes ``[start, end)`` of the blob (one ranged download) in a seekable temporary file."""
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES)
+        try:
+            if end > start:
+                with self._azure_errors("read", key):
+                    self._blob(key).download_blob(
+                        offset=start, length=end - start, max_concurrency=4
+                    ).readinto(spool)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return cast(BinaryIO, spool)
+
     def write_bytes(self, key: str, data: bytes) -> None:
         self._upload(key, bytes(data), len(data))
 

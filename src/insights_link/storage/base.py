@@ -14,6 +14,7 @@ Guarantees every backend gives:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 from dataclasses import dataclass
@@ -97,6 +98,10 @@ class Storage(Protocol):
 
     def open_read(self, key: str) -> BinaryIO: ...
 
+    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """The bytes ``[start, end)`` of the object as a readable stream (a chunk of a large
+        input file, read by one worker without fetching the rest)."""
+
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
     def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -130,3 +135,33 @@ class Storage(Protocol):
         """Hold an exclusive lock named by ``key`` for the block, or raise :class:`LockBusy` at
         once. A holder that dies loses the lock by itself (a released file lock, an expiring
         lease). The yielded handle's ``check()`` says whether it is still held."""
+
+
+class RangeReader(io.RawIOBase):
+    """At most ``length`` bytes of an open binary file, from where it stands (closes it too)."""
+
+    def __init__(self, raw: BinaryIO, length: int) -> None:
+        super().__init__()
+        self.raw = raw
+        self.left = max(length, 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")[: self.left]
+        got = self.raw.readinto(view)  # type: ignore[attr-defined]
+        self.left -= got or 0
+        return got or 0
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def range_stream(raw: BinaryIO, start: int, end: int) -> BinaryIO:
+    """``raw`` positioned at ``start``, ending at ``end`` (buffered: ``read1`` works)."""
+    raw.seek(start)
+    return io.BufferedReader(RangeReader(raw, end - start), buffer_size=1 << 20)  # type: ignore[return-value]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import BinaryIO
 
-from insights_link.core.blocks import InputFile, RawBlock
+from insights_link.core.blocks import CHUNK_BLOCK_STRIDE, Chunk, InputFile, RawBlock
 from insights_link.core.formats import avro, csv, jsonl
-from insights_link.core.formats.lines import Batch
+from insights_link.core.formats.lines import Batch, line_boundaries
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,47 @@ def format_of(key: str) -> str | None:
     return None
 
 
+def chunkable(f: InputFile, chunk_bytes: int) -> bool:
+    """Whether ``f`` is read as several chunks: plain (not gzipped) JSON lines over ``chunk_bytes``.
+
+    CSV never is: a quoted field may hold line ends, so a cut can't be placed without reading
+    from the start (and the resynchronizing reader decides record ends sequentially). Avro never
+    is either: its record numbers would need every earlier block's count. gzip has no random access.
+    """
+    return f.fmt == "jsonl" and not f.compressed and f.size > chunk_bytes
+
+
+def plan_chunks(f: InputFile, open_raw: Callable[[], BinaryIO], chunk_bytes: int) -> list[Chunk]:
+    """``f`` cut at line boundaries into chunks of about ``chunk_bytes`` (one read of the file,
+    counting line ends so each chunk knows its first line number). A file that isn't
+    :func:`chunkable`, or can't be read through, is one chunk covering it all."""
+    if not chunkable(f, chunk_bytes):
+        return [Chunk(0, 0, f.size, 0)]
+    try:
+        with open_raw() as stream:
+            ranges = line_boundaries(stream, f.size, chunk_bytes)
+    except OSError as exc:  # the whole-file read reports it as unreadable, the usual way
+        logger.warning("cannot cut %s into chunks (%s); reading it whole", f.source, exc)
+        return [Chunk(0, 0, f.size, 0)]
+    return [Chunk(k, start, end, before) for k, (start, end, before) in enumerate(ranges)]
+
+
 def read_blocks(
-    f: InputFile, open_raw: Callable[[], BinaryIO], block_records: int = DEFAULT_BLOCK_RECORDS
+    f: InputFile,
+    open_raw: Callable[[], BinaryIO],
+    block_records: int = DEFAULT_BLOCK_RECORDS,
+    chunk: Chunk | None = None,
 ) -> Iterator[RawBlock]:
-    """Stream ``f`` as blocks; a file that breaks mid-way yields a final ``unreadable`` marker
-    whose detail names the file and the last good position."""
-    reader = READERS[f.fmt]
-    block = RawBlock(f.source, f.rank, 0, f.fmt)
-    position = 0
+    """Stream ``f`` (or one ``chunk`` of it, ``open_raw`` then opening just that byte range) as
+    blocks; a file that breaks mid-way yields a final ``unreadable`` marker whose detail names
+    the file and the last good position. Positions are the file's, whatever the chunking."""
+    if chunk is None or (chunk.start == 0 and chunk.end >= f.size):
+        reader = READERS[f.fmt]
+        first_index, position = 0, 0
+    else:
+        reader = partial(jsonl.batches, lines_before=chunk.lines_before, at_file_start=chunk.start == 0)
+        first_index, position = chunk.index * CHUNK_BLOCK_STRIDE, chunk.lines_before
+    block = RawBlock(f.source, f.rank, first_index, f.fmt)
     try:
         with _decompressed(f, open_raw()) as stream:
             for positions, payloads, header, malformed in reader(stream):

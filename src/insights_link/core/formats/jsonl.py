@@ -19,19 +19,22 @@ from insights_link.core.formats.lines import (
 )
 
 
-def batches(stream) -> Iterator[Batch]:
+def batches(stream, lines_before: int = 0, at_file_start: bool = True) -> Iterator[Batch]:
     """Per chunk read: line numbers and line bytes (without line endings) of non-blank lines.
 
     ``\\n``, ``\\r\\n`` and a lone ``\\r`` (old Mac files) all end a line: a JSON text can't hold
     a raw CR inside a string, so a CR is never part of a record's data. A CRLF split between two
     chunks is one line end. A line over :func:`max_record_bytes` is a malformed record (one of
     only whitespace is a blank line, as a short one is).
+
+    A :class:`~insights_link.core.blocks.Chunk` of a file is read with ``lines_before`` (the
+    line ends before it) and ``at_file_start=False`` (a byte-order mark counts only at offset 0).
     """
     limit = max_record_bytes()
-    line_no = 0
+    line_no = lines_before
     unfinished = Unfinished(limit)
     after_cr = False  # the previous chunk ended with CR: a LF starting this one ends no line
-    first = True
+    first = at_file_start
     while True:
         chunk, error = read_chunk(stream)
         at_end = not chunk or error is not None

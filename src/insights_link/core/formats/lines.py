@@ -222,3 +222,53 @@ def batched(records: Iterator[tuple[int, Any, Any, str | None]], size: int = 10_
     finally:  # a reader that breaks mid-file still hands over the records before the break
         if payloads:
             yield positions, payloads, header, malformed
+
+
+# -- chunks: cutting a file at line boundaries ------------------------------------------------
+
+
+def _line_ends(data: bytes, end: int, after_cr: bool) -> int:
+    """Line ends in ``data[:end]`` as the JSON-lines reader counts them (LF, CRLF, lone CR);
+    ``after_cr``: the bytes before ``data`` ended with CR, so a leading LF completes that CRLF."""
+    ends = data.count(b"\n", 0, end)
+    crs = data.count(b"\r", 0, end)
+    if crs:
+        ends += crs - data.count(b"\r\n", 0, end)
+    if after_cr and end and data[:1] == b"\n":
+        ends -= 1
+    return ends
+
+
+def line_boundaries(stream, size: int, chunk_bytes: int) -> list[tuple[int, int, int]]:
+    """Cut a file of ``size`` bytes into ``(start, end, lines_before)`` ranges of about
+    ``chunk_bytes`` at line boundaries, reading it once (in C: ``find`` and ``count``).
+
+    Range ``k > 0`` starts just after the first LF at or after offset ``k * chunk_bytes - 1`` (a
+    line starting exactly at the nominal offset starts the range); the range before it ends
+    there, with the line crossing its nominal end. Only LF cuts: a file with lone-CR line ends
+    stays one range. Ranges that would be empty (a line longer than a chunk) are merged away.
+    """
+    targets = [k * chunk_bytes for k in range(1, -(-size // chunk_bytes))]
+    starts: list[tuple[int, int]] = [(0, 0)]
+    offset, lines, after_cr, t = 0, 0, False, 0
+    while t < len(targets):
+        piece = stream.read(CHUNK_BYTES)
+        if not piece:
+            break
+        while t < len(targets):
+            begin = targets[t] - 1 - offset
+            if begin >= len(piece):
+                break
+            found = piece.find(b"\n", max(begin, 0))
+            if found < 0:
+                break
+            boundary = offset + found + 1
+            if boundary < size:
+                starts.append((boundary, lines + _line_ends(piece, found + 1, after_cr)))
+            while t < len(targets) and targets[t] - 1 <= boundary - 1:
+                t += 1
+        lines += _line_ends(piece, len(piece), after_cr)
+        after_cr = piece.endswith(b"\r")
+        offset += len(piece)
+    ends = [s for s, _ in starts[1:]] + [size]
+    return [(start, end, before) for (start, before), end in zip(starts, ends, strict=True)]
