@@ -21,6 +21,7 @@ from insights_link.storage.base import (
     PreconditionFailed,
     StorageError,
     holder_text,
+    range_stream,
 )
 
 
@@ -149,6 +150,9 @@ class LocalStorage:
             return open(self._path(key), "rb")
         except OSError as exc:
             raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
+        return range_stream(self.open_read(key), start, end)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as f:
