@@ -193,7 +193,6 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
         hns = _check_remote_readers(storage, args.reader)
     else:
         readers = acl.parse_readers(args.reader)
-        acl.check_local_acls(os.path.join(root, data_source), readers)
     wanted = [key.name, *[a.name for a in chosen]]
     if UNIFIED_ID in source.attributes and UNIFIED_ID not in wanted:
         wanted.append(UNIFIED_ID)  # read to map segments; never written
@@ -215,6 +214,8 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
             args.enrich, data_source, storage, root, dims, members, key, dims_columns
         )
         head["enriched_from"] = args.enrich
+    if not remote:  # the folder owner-only (and its ACLs) before anything is written in it
+        acl.check_local_acls(os.path.join(root, data_source), readers)
     lake = Lake(storage, data_source, table_format(args.table_format), clock=clock)
     try:
         with lake.locked(shared["lock_wait"]):
