@@ -25,6 +25,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from insights_link.checkpoints import checkpoint
 from insights_link.core.batch import (
@@ -433,7 +434,11 @@ MAIN = "main"
 
 
 class _Tagging(beam.DoFn):
-    """Runs ``fn`` and emits each output as ``(tag, value)`` on the main output (MAIN untagged)."""
+    """Runs ``fn`` and emits each output as ``(tag, value)`` on the main output (MAIN untagged).
+
+    ``fn``'s lifecycle methods are forwarded; its ``process`` takes the element only (no DoFn
+    parameters), and what its ``finish_bundle`` emits must be ``WindowedValue`` s, as Beam requires.
+    """
 
     def __init__(self, fn: beam.DoFn) -> None:
         self.fn = fn
@@ -441,12 +446,20 @@ class _Tagging(beam.DoFn):
     def setup(self):
         self.fn.setup()
 
+    def start_bundle(self):
+        self.fn.start_bundle()
+
     def process(self, element):
         for out in self.fn.process(element) or ():
             if isinstance(out, pvalue.TaggedOutput):
                 yield out.tag, out.value
             else:
                 yield MAIN, out
+
+    def finish_bundle(self):
+        for out in self.fn.finish_bundle() or ():
+            tag, value = (out.tag, out.value) if isinstance(out, pvalue.TaggedOutput) else (MAIN, out)
+            yield WindowedValue((tag, value.value), value.timestamp, value.windows)
 
     def teardown(self):
         self.fn.teardown()
