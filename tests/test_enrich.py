@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from cdm_check import load_data_source
 from conftest import REPO, RUN_TIME, export_run, manifest_locations, run_cli
 
 SAMPLE = REPO / "sample_data" / "profiles"
@@ -71,6 +72,11 @@ def test_enriched_activities_equal_a_reference_join(tmp_path, fmt):
     assert enriched.schema.field("Segments").type == pa.list_(pa.string())
     assert enriched.schema.field("OrdersCount").type == pa.int64()
     assert enriched.schema.field("FirstPurchaseOn").type == pa.timestamp("us", tz="UTC")
+    if fmt == "cdm":  # the CDM object model loads it, and verify finds the declared types
+        loaded = load_data_source(str(lake / DS))
+        assert loaded["EnrichedActivities"]["attributes"][-1] == "Segments"
+        verify = run_cli("verify", "--lake", str(lake), "--data-source", DS)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_enrich_names_a_missing_data_source(tmp_path):
