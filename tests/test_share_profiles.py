@@ -412,3 +412,36 @@ def test_kill_and_rerun_converges(tmp_path, step):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     for path in [folder, *folder.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_delta_kill_between_table_commits_is_completed(tmp_path):
+    """Delta commits one table at a time: a run killed between two tables is rolled forward
+    by the next run, which then publishes its own snapshot."""
+    lake = tmp_path / "lake"
+    fmt = ("--table-format", "delta")
+    assert run_cli(*share_args(lake, "--run-id", "old", *fmt)).returncode == 0
+    killed = run_killed("between_table_commits", *share_args(lake, "--run-id", "dead", *fmt))
+    assert killed.returncode == -9, killed.stderr
+    again = run_cli(*share_args(lake, "--run-id", "again", *fmt))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((lake / DS / "_runs" / "dead.json").read_text())["status"] == "committed"
+    for table in ("CustomerDimensions", "SegmentMembership"):
+        dt = DeltaTable(str(lake / DS / table))
+        assert all("_again_" in path for path in dt.file_uris()), table
+    dims = DeltaTable(str(lake / DS / "CustomerDimensions")).to_pyarrow_table()
+    assert dims.num_rows == len(sample_profiles())
+
+
+def test_file_system_without_acls_is_a_usage_error_simulated(tmp_path, capsys, monkeypatch):
+    """Simulated: every file system here holds ACLs, so the kernel's EOPNOTSUPP answer to
+    setting one is faked; the run stops with exit 2 before writing anything."""
+    import errno
+
+    def no_acls(path, name, value, *args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
+
+    monkeypatch.setattr(os, "setxattr", no_acls)
+    lake = tmp_path / "lake"
+    code, _, err = cli(share_args(lake, "--reader", "user:daemon"), capsys)
+    assert code == 2 and "--reader needs POSIX ACLs" in err and "Traceback" not in err
+    assert not (lake / DS / "_runs").exists() and not (lake / DS / "default.manifest.cdm.json").exists()
