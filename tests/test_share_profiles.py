@@ -445,3 +445,52 @@ def test_file_system_without_acls_is_a_usage_error_simulated(tmp_path, capsys, m
     code, _, err = cli(share_args(lake, "--reader", "user:daemon"), capsys)
     assert code == 2 and "--reader needs POSIX ACLs" in err and "Traceback" not in err
     assert not (lake / DS / "_runs").exists() and not (lake / DS / "default.manifest.cdm.json").exists()
+
+
+def test_manifest_with_partition_patterns_and_headerless_csv(tmp_path, capsys):
+    """A manifest declaring its partitions by pattern (rootLocation + globPattern), its entity
+    document in a subfolder, CSV without a header as the trait says."""
+    folder = tmp_path / "ci"
+    (folder / "docs").mkdir(parents=True)
+    entity = {
+        "definitions": [
+            {
+                "entityName": "Customer",
+                "hasAttributes": [
+                    {"name": "WebUserId", "dataType": "string"},
+                    {"name": "Spend", "dataType": "decimal"},
+                    {"name": "Since", "dataType": "dateTime"},
+                ],
+            }
+        ]
+    }
+    (folder / "docs" / "Customer.cdm.json").write_text(json.dumps(entity))
+    for n, line in ((1, "u1,10.5,2024-01-02T03:04:05Z\n"), (2, "u2,,2023-12-31T23:00:00Z\n")):
+        (folder / "Customer" / "2024").mkdir(parents=True, exist_ok=True)
+        (folder / "Customer" / "2024" / f"part{n}.csv").write_text(line)
+    (folder / "Customer" / "notes.txt").write_text("not a partition")
+    csv_trait = {
+        "traitReference": "is.partition.format.CSV",
+        "arguments": [{"name": "columnHeaders", "value": "false"}],
+    }
+    manifest = {
+        "entities": [
+            {
+                "entityName": "Customer",
+                "entityPath": "local:/docs/Customer.cdm.json/Customer",
+                "dataPartitionPatterns": [
+                    {"rootLocation": "Customer", "globPattern": "**/*.csv", "exhibitsTraits": [csv_trait]}
+                ],
+            }
+        ]
+    }
+    (folder / "x.manifest.cdm.json").write_text(json.dumps(manifest))
+    lake = tmp_path / "lake"
+    args = ["share-profiles", "--profiles", str(folder), "--output", str(lake), "--user-key", "WebUserId"]
+    code, _, err = cli([*args, "--attribute", "Spend", "--attribute", "Since"], capsys)
+    assert code == 0, err
+    files = [
+        str(lake / DS / loc) for loc in manifest_locations(lake / DS) if loc.startswith("CustomerDimensions/")
+    ]
+    got = duck().sql(f"select WebUserId, Spend, epoch(Since)::bigint from read_parquet({files!r})").fetchall()
+    assert sorted(got) == [("u1", 10.5, 1704164645), ("u2", None, 1704063600)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from insights_link.core.paths import is_remote, join
+from insights_link.core.paths import glob_regex, is_remote, join
 from insights_link.core.profiles import Attribute, arrow_type_of
 from insights_link.errors import UsageError
 from insights_link.storage import Storage, StorageError, open_storage
@@ -198,10 +199,7 @@ def _from_manifest(storage: Storage, path: str, manifest: str, entity: str | Non
     entities = {e.get("entityName"): e for e in doc.get("entities", [])}
     name = _pick(sorted(n for n in entities if n), entity, what, path)
     declared = entities[name]
-    doc_key = str(declared.get("entityPath", f"{name}.cdm.json/{name}")).split("/" + name)[0]
-    doc_key = (
-        doc_key.removeprefix("./").split(":", 1)[-1].lstrip("/") if doc_key.startswith("local:") else doc_key
-    )
+    doc_key = _relative(str(declared.get("entityPath", f"{name}.cdm.json/{name}")).rsplit("/", 1)[0])
     entity_doc = _json(storage, doc_key, what, path)
     definition = next(
         (d for d in entity_doc.get("definitions", []) if d.get("entityName") == name),
@@ -217,15 +215,37 @@ def _from_manifest(storage: Storage, path: str, manifest: str, entity: str | Non
             marks.append("the entity's key (identifiedBy)")
         marks += [f"trait {t}" for t in _traits(a) if t in KEY_TRAITS]
         attributes[a["name"]] = _attribute(a["name"], str(a.get("dataType", "string")), marks, what, path)
-    partitions = []
-    for p in declared.get("dataPartitions", []):
-        location = (
-            str(p.get("location", "")).split(":", 1)[-1]
-            if str(p.get("location", "")).startswith("local:")
-            else str(p.get("location", ""))
-        )
-        partitions.append(_partition(storage, location.lstrip("/"), p, what, path))
+    partitions = [
+        _partition(storage, _relative(str(p.get("location", ""))), p, what, path)
+        for p in declared.get("dataPartitions", [])
+    ]
+    partitions += _pattern_partitions(storage, declared.get("dataPartitionPatterns", []), what, path)
     return SourceTable(path, "cdm manifest", name, storage, attributes, partitions)
+
+
+def _relative(location: str) -> str:
+    """A manifest location as a key below the folder (``local:/x``, ``/x`` and ``./x`` too)."""
+    if location.startswith("local:"):
+        location = location[len("local:") :]
+    return location.removeprefix("./").lstrip("/")
+
+
+def _pattern_partitions(storage: Storage, patterns: list, what: str, path: str) -> list[Partition]:
+    """The files ``dataPartitionPatterns`` match (``rootLocation`` plus a ``globPattern`` or a
+    ``regularExpression``), as Customer Insights' exports may declare their partitions."""
+    found = []
+    for pattern in patterns:
+        root = _relative(str(pattern.get("rootLocation", ""))).rstrip("/")
+        if pattern.get("globPattern"):
+            glob = str(pattern["globPattern"]).lstrip("/")
+            regex = glob_regex(glob if glob.startswith("**/") or "/" in glob else "**/" + glob)
+        else:
+            regex = re.compile(str(pattern.get("regularExpression", ".*")).lstrip("/"))
+        for obj in storage.list(root):
+            relative = obj.key[len(root) + 1 :] if root else obj.key
+            if regex.fullmatch(relative):
+                found.append(_partition(storage, obj.key, pattern, what, path))
+    return found
 
 
 def _primary_keys(definition: dict) -> list[str]:
