@@ -125,7 +125,8 @@ class Watcher:
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -155,9 +156,26 @@ class Watcher:
     def window(self, timeout: float = 120) -> dict:
         return self.wait_for(lambda e: e.get("event") == "window", timeout)
 
+    def windows(self, files: int, timeout: float = 120) -> dict:
+        """Window lines until they took ``files`` files together (files dropped a moment apart
+        may be complete at different polls); their sums."""
+        lines = [self.window(timeout)]
+        while sum(x["files"] for x in lines) < files:
+            lines.append(self.window(timeout))
+        keys = ("files", "records", "written", "duplicates", "rejected")
+        return {k: sum(x[k] for x in lines) for k in keys} | {"windows": len(lines)}
+
+    def stop(self, timeout: float = 120) -> tuple[int, list[dict]]:
+        """SIGTERM between windows (after a window line): the watcher exits 0."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish(timeout)
+
     def finish(self, timeout: float = 120) -> tuple[int, list[dict]]:
         """Wait for the exit; the exit code and the stdout JSON lines (window reports, summary)."""
-        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()  # stderr is the reader thread's
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=timeout)
         return self.proc.returncode, [json.loads(x) for x in out.splitlines() if x.startswith("{")]
 
 
@@ -192,8 +210,6 @@ def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp
         "0.5",
         "--max-window-files",
         "2",
-        "--max-windows",
-        "4",
         "--run-time",
         RUN_TIME,
         "--run-id",
@@ -207,9 +223,8 @@ def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp
     # A copy of a committed file (its events are duplicates) and a file with bad records.
     (landing / "copy.jsonl").write_bytes((landing / "a0.jsonl").read_bytes())
     write_jsonl(landing / "bad.jsonl", [*_events("b", 2), "not json", event("b9", ts="yesterday")])
-    third = w.window()
-    assert (third["files"], third["records"], third["written"]) == (2, 8, 2)
-    assert (third["duplicates"], third["rejected"]) == (4, 2)
+    third = w.windows(2)
+    assert (third["records"], third["written"], third["duplicates"], third["rejected"]) == (8, 2, 4, 2)
     # A file written slowly: never read half, whatever the moment the watcher polls.
     slow = landing / "slow.jsonl"
     data = _lines(_events("s", 30))
@@ -221,12 +236,13 @@ def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp
             f.flush()
     fourth = w.window()
     assert (fourth["files"], fourth["records"], fourth["written"], fourth["rejected"]) == (1, 30, 30, 0)
-    code, out = w.finish()
+    code, out = w.stop()
     assert code == 0
     summary = out[-1]
-    assert summary["status"] == "max_windows" and summary["windows"] == 4
+    windows = 3 + third["windows"]
+    assert summary["status"] == "stopped" and summary["windows"] == windows
     reports = {r["run_id"]: r for r in run_reports(lake / DS)}
-    assert sorted(reports) == [f"watch1-w000{n}" for n in range(1, 5)]
+    assert sorted(reports) == [f"watch1-w{n:04d}" for n in range(1, windows + 1)]
     assert all(r["status"] == "committed" for r in reports.values())
     assert [r["run_id"] for r in out[:-1]] == sorted(reports)  # one stdout report per window
     ids = committed_ids(str(lake))
@@ -239,12 +255,12 @@ def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp
     status = run_cli("status", "--lake", str(lake), "--json")
     assert status.returncode == 0, status.stderr
     watched = json.loads(status.stdout)["data_sources"][0]["watch"]
-    assert watched["last_window"]["run_id"] == "watch1-w0004"
+    assert watched["last_window"]["run_id"] == f"watch1-w{windows:04d}"
     assert watched["waiting_files"] == 0 and watched["lag_seconds"] == 0
     if layout == "incremental":
         return  # the rest is the same for every layout
     text = run_cli("status", "--lake", str(lake))
-    assert "last window watch1-w0004: 1 file(s), 30 read" in " ".join(text.stdout.split())
+    assert f"last window watch1-w{windows:04d}: 1 file(s), 30 read" in " ".join(text.stdout.split())
     again = run_cli(
         "export", "--watch", "--until-idle", "--interval", "0.05", "--input", str(landing),
         "--output", str(lake), "--table-format", fmt, "--layout", layout, "--log-format", "json",

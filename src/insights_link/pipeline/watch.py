@@ -182,7 +182,8 @@ def watch(
         "output": lake.describe(),
         "started_at": _iso(clock()),
         "windows": 0,
-        "run_ids": [],
+        "first_run_id": None,
+        "last_run_id": None,
         "records_read": 0,
         "activities_written": 0,
         "duplicates_dropped": 0,
@@ -385,8 +386,9 @@ def _log_window(line: dict) -> None:
 
 
 def _add(summary: dict, report: dict) -> None:
-    summary["windows"] += 1
-    summary["run_ids"].append(report["run_id"])
+    summary["windows"] += 1  # counts, not lists: a watcher may run for months
+    summary["first_run_id"] = summary["first_run_id"] or report["run_id"]
+    summary["last_run_id"] = report["run_id"]
     for key in ("records_read", "activities_written", "duplicates_dropped"):
         summary[key] += report.get(key, 0)
     summary["rejected"] += sum(report.get("rejected", {}).values())
