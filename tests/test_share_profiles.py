@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import stat
@@ -26,6 +27,19 @@ from insights_link.profiles.acl import ACCESS, DEFAULT, GROUP, MASK, OTHER, USER
 SAMPLE = REPO / "sample_data" / "profiles"
 DS = "CustomerProfiles"
 ATTRS = ["LoyaltyTier", "City", "LifetimeSpend", "OrdersCount", "EmailOptIn", "FirstPurchaseOn"]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """In-process ``main()`` points the root logger at this test's captured stderr: put the
+    handlers back afterwards so later tests don't log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    azure = logging.getLogger("azure").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("azure").setLevel(azure)
 
 
 def share_args(lake, *extra, profiles=SAMPLE / "Customer", attrs=ATTRS, segments=True) -> list[str]:
@@ -494,3 +508,16 @@ def test_manifest_with_partition_patterns_and_headerless_csv(tmp_path, capsys):
     ]
     got = duck().sql(f"select WebUserId, Spend, epoch(Since)::bigint from read_parquet({files!r})").fetchall()
     assert sorted(got) == [("u1", 10.5, 1704164645), ("u2", None, 1704063600)]
+
+
+def test_an_export_data_source_is_refused(tmp_path, capsys):
+    lake = tmp_path / "lake"
+    from conftest import event, export_run, write_jsonl
+
+    assert export_run(write_jsonl(tmp_path / "e.jsonl", [event("a")]), lake, "e1").returncode == 0
+    before = sorted(p.name for p in (lake / "EngagementInsights").iterdir())
+    mode = stat.S_IMODE((lake / "EngagementInsights").stat().st_mode)
+    code, _, err = cli(share_args(lake, "--data-source", "EngagementInsights", segments=False), capsys)
+    assert code == 2 and "holds other tables (WebLog)" in err
+    assert sorted(p.name for p in (lake / "EngagementInsights").iterdir()) == before
+    assert stat.S_IMODE((lake / "EngagementInsights").stat().st_mode) == mode

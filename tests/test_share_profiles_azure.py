@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,19 @@ pytestmark = pytest.mark.timeout(600)
 SAMPLE = REPO / "sample_data" / "profiles"
 DS = "CustomerProfiles"
 OID = "5f0c9a52-1b7e-4c61-9d2a-0c3e8b7f6a11"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """In-process ``main()`` points the root logger at this test's captured stderr: put the
+    handlers back afterwards so later tests don't log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    azure = logging.getLogger("azure").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("azure").setLevel(azure)
 
 
 def upload_sample(azure_lake: str) -> str:

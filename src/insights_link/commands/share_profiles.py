@@ -214,6 +214,7 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
             args.enrich, data_source, storage, root, dims, members, key, dims_columns
         )
         head["enriched_from"] = args.enrich
+    _check_own_data_source(storage, data_source)
     if not remote:  # the folder owner-only (and its ACLs) before anything is written in it
         acl.check_local_acls(os.path.join(root, data_source), readers)
     lake = Lake(storage, data_source, table_format(args.table_format), clock=clock)
@@ -238,6 +239,31 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     if report.get("files_replaced"):
         lines.append("  the previous snapshot's files stay until vacuum (insights-link vacuum)")
     return report, "\n".join(lines)
+
+
+def _check_own_data_source(storage, data_source: str) -> None:
+    """The shared tables get a data source of their own: its access is restricted, so one that
+    holds other tables (an export's activities) is refused before anything is written."""
+    from insights_link.commands.common import detect_format
+    from insights_link.lake import table_format
+    from insights_link.profiles.share import DIMENSIONS, ENRICHED, MEMBERSHIP
+
+    try:
+        fmt = detect_format(storage, data_source)
+    except UsageError:
+        return  # no data source yet
+    others = set()
+    for name in ("cdm", "delta") if fmt == "both" else (fmt,) if fmt in ("cdm", "delta") else ():
+        others |= set(table_format(name).read(storage, data_source).tables) - {
+            DIMENSIONS,
+            MEMBERSHIP,
+            ENRICHED,
+        }
+    if others:
+        raise UsageError(
+            f"--data-source {data_source!r} holds other tables ({', '.join(sorted(others))}); shared "
+            "profiles go to a data source of their own (its access is restricted)"
+        )
 
 
 def _clock_and_id(args, clock, clock_and_id):
