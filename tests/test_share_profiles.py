@@ -521,3 +521,15 @@ def test_an_export_data_source_is_refused(tmp_path, capsys):
     assert code == 2 and "holds other tables (WebLog)" in err
     assert sorted(p.name for p in (lake / "EngagementInsights").iterdir()) == before
     assert stat.S_IMODE((lake / "EngagementInsights").stat().st_mode) == mode
+
+
+def test_nested_attribute_types_are_refused(tmp_path, capsys):
+    source = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"UserRef": ["a"], "Tags": [["x"]], "Level": [1]}), source)
+    args = ["share-profiles", "--profiles", str(source)]
+    code, out, _ = cli([*args, "--list-attributes"], capsys)
+    assert code == 0 and "unsupported" in next(line for line in out.splitlines() if "Tags" in line)
+    code, _, err = cli(
+        [*args, "--output", str(tmp_path / "lake"), "--user-key", "UserRef", "--attribute", "Tags"], capsys
+    )
+    assert code == 2 and "--attribute 'Tags' has type list<element: string>" in err

@@ -99,8 +99,12 @@ def list_attributes(source, user_key: str | None) -> tuple[dict, str]:
         reason = identifier_reason(attribute)
         if attribute.name == user_key and attribute.name != UNIFIED_ID:
             status, why = "user key", "shared as the join key (Signal.User.Id)"
+        elif reason:
+            status, why = "identifier", reason
+        elif pa.types.is_nested(attribute.arrow_type) or pa.types.is_binary(attribute.arrow_type):
+            status, why = "unsupported", "nested or binary values have no dimension column type"
         else:
-            status, why = ("identifier", reason) if reason else ("shareable", "")
+            status, why = "shareable", ""
         rows.append(
             {"name": attribute.name, "type": str(attribute.arrow_type), "status": status, "reason": why}
         )

@@ -152,6 +152,12 @@ def choose_attributes(wanted: list[str], attributes: dict[str, Attribute], user_
             raise ValueError(
                 f"--attribute {name!r} is an identifier ({reason}); identifiers are never shared"
             )
+        kind = found.arrow_type
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            raise ValueError(
+                f"--attribute {name!r} has type {kind}, which has no dimension column type "
+                "(strings, numbers, dates, timestamps and booleans can be shared)"
+            )
         chosen.append(found)
     if not chosen:
         raise ValueError("name at least one --attribute to share (see --list-attributes)")
