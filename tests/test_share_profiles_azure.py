@@ -177,3 +177,29 @@ def test_readers_acls_at_the_sdk_boundary_with_a_recording_fake(azure_lake, monk
         recursive[2]
         == "user::rwx,group::---,other::---," + "default:user::rwx,default:group::---,default:other::---"
     )
+
+
+@pytest.mark.azurite
+def test_enrich_on_abfss(azure_lake):
+    source = upload_sample(azure_lake)
+    export = run_cli("export", "--input", str(REPO / "sample_data" / "exports"), "--output", azure_lake)
+    assert export.returncode == 0, export.stderr
+    proc = run_cli(*share_args(source, azure_lake, "--enrich", "EngagementInsights/WebLog"))
+    assert proc.returncode == 0, proc.stderr
+    storage = open_storage(azure_lake)
+    manifest = json.loads(storage.read_bytes("EngagementInsights/default.manifest.cdm.json"))
+    (weblog,) = manifest["entities"]
+    activities = [
+        r
+        for p in weblog["dataPartitions"]
+        for r in pq.read_table(
+            io.BytesIO(storage.read_bytes(f"EngagementInsights/{p['location']}"))
+        ).to_pylist()
+    ]
+    enriched = committed_rows(azure_lake, "EnrichedActivities", "cdm")
+    assert sorted(r["ActivityId"] for r in enriched) == sorted(r["ActivityId"] for r in activities)
+    dims = {d["WebUserId"]: d for d in committed_rows(azure_lake, "CustomerDimensions", "cdm")}
+    for row in enriched:
+        profile = dims.get(row["CustomerId"], {})
+        assert row["LoyaltyTier"] == profile.get("LoyaltyTier")
+        assert row["OrdersCount"] == profile.get("OrdersCount")
