@@ -257,3 +257,166 @@ def test_fast_path_takes_plainly_valid_lines():
         {"Signal": signal("a", 7, "2024-05-01T10:00:00.5+02:00", "https://a.b/c?d=e", "x", "N", "s")}
     )
     assert vectorized_check(_block([good, "nope"]), SPEC)["i"].to_pylist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte-level hostile lines: the fast path's gate (no backslash, no flat dotted key, valid UTF-8)
+# must send every such line to the reference path, and the whole BlockResult must be identical.
+
+SPEC_FILTERED = ActivitySpec(
+    "WebLog",
+    "Web",
+    ("Signal.Session.Id", "Signal.Device"),
+    "r2",
+    datetime(2026, 1, 1, tzinfo=UTC),
+    event_names=("view", "7"),
+)
+
+_VALID_SIGNAL = {
+    "Export": {"Id": "e-1"},
+    "User": {"Id": "u-1"},
+    "Timestamp": "2024-05-01T10:00:00.25Z",
+    "View": {"Uri": "https://contoso.com/p?q=1"},
+    "Action": {"Name": "click"},
+    "Name": "view",
+    "Session": {"Id": "s-1"},
+}
+# values a field can be swapped for: escapes, unicode, huge and odd numbers, nested nulls
+_ODD_VALUES = [
+    "caf\u00e9",
+    "\U0001f600",
+    "a\\b",
+    'q"uote',
+    "tab\there",
+    "\u2028",
+    "https:\\/\\/contoso.com\\/x",
+    10**30,
+    -(10**25),
+    2**63,
+    1e300,
+    -0.0,
+    1.5,
+    0,
+    True,
+    None,
+    {"Id": None},
+    {"Id": {"Id": None}},
+    [],
+    [None],
+    {},
+    "1714557600000",
+    1714557600000,
+    253402300800000,
+    "2024-05-01T10:00:00.1234567+00:00",
+]
+# raw JSON snippets Python's encoder never writes: escapes of every kind, big literals
+_RAW_VALUES = [
+    '"\\u00e9t\\u00e9"',
+    '"\\ud83d\\ude00"',
+    '"\\ud800"',
+    '"\\udc00x"',
+    '"\\/"',
+    '"a\\u0000b"',
+    '"\\"quoted\\""',
+    "1e999",
+    "-1e999",
+    "123456789012345678901234567890",
+    "1.0",
+    "-0",
+    "0e0",
+    "null",
+]
+_FIELDS = ["Export", "User", "Timestamp", "View", "Action", "Name", "Session"]
+
+
+def _set(sig: dict, field: str, value) -> None:
+    if field in ("Export", "User", "View", "Action", "Session"):
+        key = "Uri" if field == "View" else "Name" if field == "Action" else "Id"
+        sig[field] = value if isinstance(value, dict) and field == "Session" else {key: value}
+    else:
+        sig[field] = value
+
+
+@st.composite
+def hostile_lines(draw) -> bytes:
+    """One JSON line as bytes: a valid event with a few fields swapped for odd values, written
+    nested, flat, mixed, with duplicate keys, raw escapes or broken UTF-8."""
+    sig = json.loads(json.dumps(_VALID_SIGNAL))
+    for field in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
+        _set(sig, field, draw(st.sampled_from(_ODD_VALUES)))
+    if draw(st.booleans()):
+        sig["Device"] = draw(st.sampled_from([{"Type": "desktop"}, None, [1, {"a": None}], "x"]))
+    shape = draw(st.sampled_from(["nested", "flat", "mixed", "dupkey", "raw", "spaced", "ascii"]))
+    if shape == "flat":
+        text = json.dumps({f"Signal.{k}": v for k, v in sig.items()})
+    elif shape == "mixed":
+        flat_field = draw(st.sampled_from(_FIELDS))
+        flat_key = f"Signal.{flat_field}" + ("" if flat_field in ("Timestamp", "Name") else ".Id")
+        text = json.dumps({flat_key: draw(st.sampled_from(_ODD_VALUES + ["e-2"])), "Signal": sig})
+    elif shape == "dupkey":
+        dup = draw(st.sampled_from(_FIELDS))
+        inner = json.dumps(sig, separators=(",", ":"))
+        text = (
+            '{"Signal":{"'
+            + dup
+            + '":'
+            + json.dumps(draw(st.sampled_from(_ODD_VALUES)))
+            + ","
+            + inner[1:]
+            + "}"
+        )
+    elif shape == "raw":
+        field = draw(st.sampled_from(_FIELDS))
+        _set(sig, field, "@@RAW@@")
+        text = json.dumps({"Signal": sig}, separators=(",", ":"), ensure_ascii=False)
+        text = text.replace('"@@RAW@@"', draw(st.sampled_from(_RAW_VALUES)))
+    elif shape == "spaced":
+        text = json.dumps({"Signal": sig}, indent=draw(st.sampled_from([None, 1])), ensure_ascii=False)
+        text = text.replace("\n", draw(st.sampled_from([" ", "\t", "\r", ""])))
+    else:
+        text = json.dumps({"Signal": sig}, separators=(",", ":"), ensure_ascii=shape == "ascii")
+    data = text.encode("utf-8", errors="surrogatepass")
+    if draw(st.integers(0, 5)) == 0:  # broken UTF-8 somewhere in the line
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe2\x82"])) + data[at:]
+    return data
+
+
+def _everything(result) -> tuple:
+    """Every observable part of a BlockResult, independent of row order."""
+    table = result.table.sort_by(POSITION)
+    dead = sorted(json.dumps(d, sort_keys=True) for d in result.dead_letters)
+    return (
+        table.schema,
+        table.to_pylist(),
+        dead,
+        result.records_read,
+        result.filtered_out,
+        result.outside_window,
+        result.present,
+        result.names,
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(hostile_lines(), min_size=1, max_size=30), st.sampled_from([SPEC, SPEC_FILTERED]))
+@example([json.dumps({"Signal": _VALID_SIGNAL}).encode()], SPEC_FILTERED)
+@example([b'{"Signal.Export.Id": "flat", ' + json.dumps({"Signal": _VALID_SIGNAL}).encode()[1:]], SPEC)
+@example([json.dumps({"Signal": _VALID_SIGNAL}).encode().replace(b"e-1", b"e\\u002d1")], SPEC)
+def test_whole_results_agree_on_hostile_bytes(payloads, spec):
+    block = RawBlock("mem.jsonl", 3, 0, "jsonl", list(range(1, len(payloads) + 1)), payloads)
+    assert _everything(process_jsonl_block(block, spec)) == _everything(process_block_reference(block, spec))
+
+
+def test_gate_leaves_escapes_and_flat_keys_to_the_reference_path():
+    """Lines with a backslash or a flat ``Signal.`` key never take the fast path, valid or not."""
+    from insights_link.core.fastpath import vectorized_check
+
+    plain = json.dumps({"Signal": _VALID_SIGNAL})
+    escaped = plain.replace("e-1", "e\\u002d1")
+    flat = '{"Signal.Name": "view", ' + plain[1:]
+    picked = vectorized_check(_block([plain, escaped, flat]), SPEC)["i"].to_pylist()
+    assert picked == [0]
+    block = _block([plain, escaped, flat])
+    assert _everything(process_jsonl_block(block, SPEC)) == _everything(process_block_reference(block, SPEC))
+    assert process_jsonl_block(block, SPEC).table.num_rows == 3

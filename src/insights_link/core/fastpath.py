@@ -78,12 +78,9 @@ def _json_path(prop: str) -> str:
 
 
 def _value(k: int) -> str:
-    """SQL for the string value of JSON snippet ``s[k]`` (NULL unless it is a JSON string);
-    only snippets with a backslash need unescaping."""
-    return (
-        f"CASE WHEN starts_with(s[{k}], '\"') THEN (CASE WHEN contains(s[{k}], '\\') "
-        f"THEN json_extract_string(s[{k}], '$') ELSE s[{k}][2:-2] END) END"
-    )
+    """SQL for the string value of JSON snippet ``j{k}`` (NULL unless it is a JSON string). The
+    gate lets no backslash through, so a string snippet is its text between the quotes."""
+    return f"CASE WHEN starts_with(j{k}, '\"') THEN j{k}[2:-2] END"
 
 
 def _query(paths: list[str]) -> str:
@@ -91,53 +88,55 @@ def _query(paths: list[str]) -> str:
 
     ``ts`` is epoch microseconds (BIGINT): an ISO text with its zone is an instant whatever the
     session zone, and epoch milliseconds are scaled without any TIMESTAMP/TIMESTAMPTZ cast, which
-    would read the wall time in the session's zone.
+    would read the wall time in the session's zone. Each snippet is taken out of the extracted
+    list once (``j1``...), and the result is only the rows that passed (no per-column CASE).
     """
-    n_props = len(paths) - len(_REQUIRED_PATHS)
+    n = len(paths)
+    n_props = n - len(_REQUIRED_PATHS)
     path_list = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
     lenient = " OR ".join(f"regexp_matches(line, '{pattern}')" for pattern in _LENIENT)
-    values = ", ".join(f"{_value(k)} AS v{k}" for k in range(1, len(paths) + 1))
+    snippets = ", ".join(f"s[{k}] AS j{k}" for k in range(1, n + 1))
+    values = ", ".join(f"{_value(k)} AS v{k}" for k in range(1, n + 1))
     has_text = {k: f"regexp_matches(v{k}, '{_PRINTABLE}')" for k in range(1, 7)}
-    ids = " AND ".join(f"({has_text[k]} OR regexp_full_match(s[{k}], '{_INT}'))" for k in (1, 2))
+    ids = " AND ".join(f"({has_text[k]} OR regexp_full_match(j{k}, '{_INT}'))" for k in (1, 2))
     prop_ok = "".join(
-        f" AND (s[{k}] IS NULL OR s[{k}] = 'null' OR v{k} IS NOT NULL)" for k in range(7, 7 + n_props)
+        f" AND (j{k} IS NULL OR j{k} = 'null' OR v{k} IS NOT NULL)" for k in range(7, 7 + n_props)
     )
-    prop_cols = "".join(f", CASE WHEN ok THEN v{7 + j} END AS p{j}" for j in range(n_props))
+    prop_cols = "".join(f", v{7 + j} AS p{j}" for j in range(n_props))
     return f"""
     WITH src AS (
         SELECT i, TRY(decode(b)) AS line FROM lines
     ), gated AS (
         SELECT i, line,
-               line IS NOT NULL AND starts_with(line, '{{') AND json_valid(line)
-               AND NOT ({lenient})
-               AND position('"Signal.' IN line) = 0 AS gate
+               line IS NOT NULL AND starts_with(line, '{{') AND NOT contains(line, '\\')
+               AND position('"Signal.' IN line) = 0 AND json_valid(line)
+               AND NOT ({lenient}) AS gate
         FROM src
     ), extracted AS (
         SELECT i, CASE WHEN gate THEN json_extract(line, {path_list})::VARCHAR[] END AS s
         FROM gated
+    ), snippets AS (
+        SELECT i, {snippets} FROM extracted WHERE s IS NOT NULL
     ), texts AS (
-        SELECT i, s, {values} FROM extracted WHERE s IS NOT NULL
+        SELECT *, {values} FROM snippets
     ), typed AS (
         SELECT *,
                CASE WHEN v3 IS NOT NULL THEN
                         CASE WHEN regexp_full_match(v3, '{_TS}') THEN epoch_us(try_cast(v3 AS TIMESTAMPTZ)) END
-                    WHEN regexp_full_match(s[3], '{_EPOCH_MS}')
-                         AND s[3]::BIGINT BETWEEN {_EPOCH_MIN} AND {_EPOCH_MAX}
-                    THEN s[3]::BIGINT * 1000 END AS ts
+                    WHEN regexp_full_match(j3, '{_EPOCH_MS}')
+                         AND j3::BIGINT BETWEEN {_EPOCH_MIN} AND {_EPOCH_MAX}
+                    THEN j3::BIGINT * 1000 END AS ts
         FROM texts
     ), checked AS (
         SELECT *,
                coalesce(ts IS NOT NULL AND {ids} AND {has_text[4]} AND {has_text[5]}
                    AND regexp_full_match(v4, '{_URI}')
-                   AND (s[6] IS NULL OR s[6] = 'null' OR {has_text[6]})
+                   AND (j6 IS NULL OR j6 = 'null' OR {has_text[6]})
                    {prop_ok}, false) AS ok
         FROM typed
     )
-    SELECT i, CASE WHEN ok THEN ts END AS ts,
-           CASE WHEN ok THEN coalesce(v1, s[1]) END AS id,
-           CASE WHEN ok THEN coalesce(v2, s[2]) END AS user_id,
-           CASE WHEN ok THEN v4 END AS uri, CASE WHEN ok THEN v5 END AS action,
-           CASE WHEN ok THEN v6 END AS name{prop_cols}
+    SELECT i, ts, coalesce(v1, j1) AS id, coalesce(v2, j2) AS user_id, v4 AS uri, v5 AS action,
+           v6 AS name{prop_cols}
     FROM checked WHERE ok
     """
 

@@ -8,6 +8,14 @@ import pyarrow.parquet as pq
 
 from insights_link.errors import InsightsLinkError
 from insights_link.storage import Storage
+from insights_link.storage.local import LocalStorage
+
+#: Columns written with Parquet dictionary encoding: the ones whose meaning makes them few-valued
+#: per file (ActivityType is one value per table, LastUpdated one per run, EventActivity and
+#: Details are event and action names). Decided by the contract, not by sampling the data, so
+#: the same rows always give the same file. Ids, times, URLs and pass-through properties
+#: (unknown meaning) are mostly distinct: a dictionary there costs time and saves nothing.
+DICTIONARY_COLUMNS: tuple[str, ...] = ("EventActivity", "Details", "ActivityType", "LastUpdated")
 
 
 class UnreadableParquet(InsightsLinkError, RuntimeError):
@@ -39,6 +47,7 @@ def write_parquet(storage: Storage, key: str, table: pa.Table, schema: pa.Schema
             coerce_timestamps="us",
             use_deprecated_int96_timestamps=False,
             row_group_size=1 << 20,
+            use_dictionary=[name for name in DICTIONARY_COLUMNS if name in schema.names],
         )
     return table.num_rows
 
@@ -53,8 +62,16 @@ def read_ids(storage: Storage, keys: list[str]) -> pa.Array:
 
 
 def write_piece(storage: Storage, key: str, table: pa.Table) -> int:
-    """Spill rows to an Arrow IPC file in staging (fast to write and read back, never published)."""
-    with storage.open_write(key) as out, pa.ipc.new_file(out, table.schema) as writer:
+    """Spill rows to an Arrow IPC file in staging (fast to write and read back, never published).
+
+    Locally without fsync: a piece is only read back by the same run, through the page cache,
+    and no commit ever makes it visible; after a crash recovery deletes the run's staging
+    unread (see docs/fastpath.md). The Parquet files a commit publishes are still fsynced.
+    """
+    opened = (
+        storage.open_write(key, sync=False) if isinstance(storage, LocalStorage) else storage.open_write(key)
+    )
+    with opened as out, pa.ipc.new_file(out, table.schema) as writer:
         writer.write_table(table)
     return table.num_rows
 

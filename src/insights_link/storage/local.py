@@ -159,7 +159,8 @@ class LocalStorage:
             f.write(data)
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, sync: bool = True) -> Iterator[BinaryIO]:
+        """``sync=False`` skips the fsync: only for scratch files no commit ever makes visible."""
         path = self._path(key)
         folder = os.path.dirname(path)
         try:
@@ -172,7 +173,8 @@ class LocalStorage:
             with os.fdopen(fd, "wb") as f:
                 yield f
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
