@@ -4,6 +4,7 @@ the watcher as a real process over a landing folder, both table formats and layo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -380,7 +381,12 @@ def test_watch_options_are_checked(extra, text, tmp_path, capsys):
     landing = tmp_path / "landing"
     write_jsonl(landing / "a.jsonl", _events("a", 1))
     lake = str(tmp_path / "lake")
-    assert main(["export", "--input", str(landing), "--output", lake, *extra]) == 2
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["export", "--input", str(landing), "--output", lake, *extra]) == 2
+    finally:  # the CLI set up logging for this process: put pytest's back
+        root.handlers[:], root.level = handlers, level
     err = capsys.readouterr().err
     assert text in err and "Traceback" not in err
     assert not os.path.exists(lake)
