@@ -420,3 +420,43 @@ def test_gate_leaves_escapes_and_flat_keys_to_the_reference_path():
     block = _block([plain, escaped, flat])
     assert _everything(process_jsonl_block(block, SPEC)) == _everything(process_block_reference(block, SPEC))
     assert process_jsonl_block(block, SPEC).table.num_rows == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Dedupe against this run's rows of other dates (batch._drop_later_copies, made faster for
+# issue 14) keeps exactly what the rule says: a row loses to an earlier copy on another date.
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 2), st.integers(0, 9)), max_size=25),
+    st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 2), st.integers(0, 9)), max_size=25),
+)
+def test_dedupe_against_rivals_follows_the_rule(rows, rival_rows):
+    from insights_link.core.batch import RANK, dedupe
+
+    schema = SPEC.work_schema()
+
+    def table(triples):
+        base = {f.name: [None] * len(triples) for f in schema}
+        base["ActivityId"] = [t[0] for t in triples]
+        base[RANK] = [t[1] for t in triples]
+        base[POSITION] = [t[2] for t in triples]
+        return pa.Table.from_pydict(base, schema=schema)
+
+    rivals = table(rival_rows).select(["ActivityId", RANK, POSITION])
+    kept, dropped = dedupe([table(rows)], None, rivals)
+    first = {}
+    for ident, rank, position in sorted(rows):
+        first.setdefault(ident, (rank, position))
+    earliest = {}
+    for ident, rank, position in rival_rows:
+        earliest[ident] = min(earliest.get(ident, (rank, position)), (rank, position))
+    expected = sorted(
+        (ident, *key) for ident, key in first.items() if not (ident in earliest and earliest[ident] < key)
+    )
+    got = list(
+        zip(kept["ActivityId"].to_pylist(), kept[RANK].to_pylist(), kept[POSITION].to_pylist(), strict=True)
+    )
+    assert got == expected
+    assert dropped == len(rows) - len(expected)

@@ -361,17 +361,28 @@ def _order_key(table: pa.Table) -> pa.ChunkedArray:
 
 
 def _drop_later_copies(table: pa.Table, rivals: pa.Table) -> pa.Table:
-    """Rows of ``table`` whose id no rival holds with an earlier (rank, position)."""
+    """Rows of ``table`` whose id no rival holds with an earlier (rank, position).
+
+    ``table`` holds each id once, sorted by id. Shared ids are rare (an event re-stamped across
+    dates), so the rivals are first cut down to the ids ``table`` holds (a hash lookup); only
+    those are grouped and compared, and the losers are removed by id, keeping the order.
+    """
+    ids = table["ActivityId"].combine_chunks()
+    rivals = rivals.filter(pc.is_in(rivals["ActivityId"], value_set=ids))
+    if rivals.num_rows == 0:
+        return table
     earliest = (
         pa.table({"ActivityId": rivals["ActivityId"], "_rival": _order_key(rivals)})
         .group_by("ActivityId")
         .aggregate([("_rival", "min")])
     )
-    keyed = table.append_column("_own", _order_key(table))
-    joined = keyed.join(earliest, "ActivityId", join_type="left outer")
-    lost = pc.fill_null(pc.less(joined["_rival_min"], joined["_own"]), False)
-    kept = joined.filter(pc.invert(lost)).drop_columns(["_own", "_rival_min"])
-    return kept.sort_by([("ActivityId", "ascending")]).select(table.column_names)
+    shared = table.filter(pc.is_in(table["ActivityId"], value_set=earliest["ActivityId"].combine_chunks()))
+    keyed = shared.select(["ActivityId"]).append_column("_own", _order_key(shared))
+    joined = keyed.join(earliest, "ActivityId", join_type="inner")
+    lost = joined.filter(pc.less(joined["_rival_min"], joined["_own"]))["ActivityId"]
+    if len(lost) == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table["ActivityId"], value_set=lost.combine_chunks())))
 
 
 def window_dates(day: str, days: int) -> list[str]:
