@@ -22,6 +22,7 @@ from deltalake import DeltaTable
 from cdm_check import load_data_source
 from conftest import REPO, RUN_TIME, manifest_locations, run_cli, run_killed
 from insights_link.cli import main
+from insights_link.core.profiles import Attribute, identifier_reason
 from insights_link.profiles.acl import ACCESS, DEFAULT, GROUP, MASK, OTHER, USER, decode_acl
 
 SAMPLE = REPO / "sample_data" / "profiles"
@@ -533,3 +534,155 @@ def test_nested_attribute_types_are_refused(tmp_path, capsys):
         [*args, "--output", str(tmp_path / "lake"), "--user-key", "UserRef", "--attribute", "Tags"], capsys
     )
     assert code == 2 and "--attribute 'Tags' has type list<element: string>" in err
+
+
+def write_model_source(folder: Path, attributes: list, partitions: dict[str, bytes], header=False) -> Path:
+    """A legacy CDM folder: ``attributes`` ((name, dataType) pairs or dicts) and CSV partitions
+    (file name -> bytes) listed by their relative location."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in partitions.items():
+        (folder / name).write_bytes(data)
+    settings = {"$type": "CsvFormatSettings", "columnHeaders": header}
+    entity = {
+        "$type": "LocalEntity",
+        "name": "Customer",
+        "attributes": [a if isinstance(a, dict) else {"name": a[0], "dataType": a[1]} for a in attributes],
+        "partitions": [{"name": n, "location": n, "fileFormatSettings": settings} for n in partitions],
+    }
+    (folder / "model.json").write_text(json.dumps({"name": "m", "entities": [entity]}))
+    return folder
+
+
+TYPED = [("WebUserId", "string"), ("Tier", "string"), ("Spend", "decimal"), ("Since", "dateTime")]
+
+
+def test_metadata_never_makes_it_read_outside_the_folder(tmp_path, capsys):
+    """Partition locations climbing out (``..``, an absolute URL with ``..``, a symlink to a file
+    outside) and an entity document outside the folder are refused; nothing is read or written."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("u1,Gold,1,2024-01-01T00:00:00Z\n")
+    relative = write_model_source(tmp_path / "rel", TYPED, {})
+    model = json.loads((relative / "model.json").read_text())
+    model["entities"][0]["partitions"] = [{"name": "p", "location": "../secret.csv"}]
+    (relative / "model.json").write_text(json.dumps(model))
+    url = tmp_path / "url"
+    shutil.copytree(relative, url)
+    model["entities"][0]["partitions"] = [
+        {"name": "p", "location": "https://acct.dfs.core.windows.net/fs/x/../../secret.csv"}
+    ]
+    (url / "model.json").write_text(json.dumps(model))
+    link = write_model_source(tmp_path / "link", TYPED, {})
+    (link / "p.csv").symlink_to(secret)
+    model["entities"][0]["partitions"] = [{"name": "p", "location": "p.csv"}]
+    (link / "model.json").write_text(json.dumps(model))
+    manifest = write_manifest_source(tmp_path / "ci")
+    doc = json.loads((manifest / "ci.manifest.cdm.json").read_text())
+    doc["entities"][0]["entityPath"] = "../outside.cdm.json/Customer"
+    (tmp_path / "outside.cdm.json").write_text((manifest / "Customer.cdm.json").read_text())
+    (manifest / "ci.manifest.cdm.json").write_text(json.dumps(doc))
+    for source, attrs in ((relative, ["Tier"]), (url, ["Tier"]), (link, ["Tier"]), (manifest, ["Tier"])):
+        code, _, err = cli(
+            share_args(tmp_path / "lake", profiles=source, attrs=attrs, segments=False), capsys
+        )
+        assert code == 2 and "outside the folder given" in err and "Traceback" not in err, (source, err)
+    assert not (tmp_path / "lake" / DS / "_runs").exists()
+
+
+def test_hostile_csv_values_name_file_row_and_value(tmp_path, capsys):
+    """Values that don't parse as the declared type stop the run naming file, row and value;
+    invalid UTF-8 names the line; nothing is committed."""
+    good = "u1,Gold,1.5,2024-01-01T00:00:00Z\n"
+    cases = {
+        "number": (
+            good + "u2,Gold,abc,2024-01-01T00:00:00Z\n",
+            "p.csv row 2: Spend value 'abc' is not a double",
+        ),
+        "time": (
+            good * 3 + "u3,Gold,1,yesterday\n",
+            "p.csv row 4: Since value 'yesterday' is not a timestamp",
+        ),
+        "columns": (good + "u2,Gold\n", "Expected 4 columns, got 2"),
+        "quote": ('u1,"Gold,1.5,2024-01-01T00:00:00Z\n' + good, "Expected 4 columns"),
+    }
+    for name, (text, message) in cases.items():
+        source = write_model_source(tmp_path / name, TYPED, {"p.csv": text.encode()})
+        code, _, err = cli(
+            share_args(tmp_path / "lake", profiles=source, attrs=["Spend", "Since"], segments=False), capsys
+        )
+        assert code == 2 and message in err and "Traceback" not in err, (name, err)
+    source = write_model_source(
+        tmp_path / "utf8", TYPED, {"p.csv": (good + "u2,G\xffld,1,2024-01-01Z\n").encode("latin-1")}
+    )
+    code, _, err = cli(share_args(tmp_path / "lake", profiles=source, attrs=["Tier"], segments=False), capsys)
+    assert code == 2 and "line 2: invalid UTF-8 (byte 0xff)" in err
+    assert not (tmp_path / "lake" / DS / "_runs").exists()
+
+
+def test_csv_quirks_and_timestamps_read_as_utc(tmp_path):
+    """BOM, CRLF, doubled quotes, a newline inside a quoted value, blank numbers, timestamps
+    without an offset (UTC) or with 7 fraction digits (.NET), and an empty partition (0 rows);
+    the values are the same under any host time zone."""
+    text = (
+        '\ufeffu1,"Gold ""A""\nline2", 1.5 ,2024-01-01T10:00:00.1234567\r\n'
+        "u2,Silver,,2024-01-01 10:00:00\r\n"
+        "u3,Bronze,2,2024-01-01T10:00:00+05:30\r\n"
+    )
+    source = write_model_source(tmp_path / "q", TYPED, {"p.csv": text.encode(), "q.csv": b""})
+    outputs = []
+    for zone in ("Pacific/Kiritimati", "America/St_Johns"):
+        lake = tmp_path / zone.replace("/", "_")
+        args = share_args(lake, profiles=source, attrs=["Tier", "Spend", "Since"], segments=False)
+        proc = run_cli(*args, "--run-id", "tz1", env={**os.environ, "TZ": zone})
+        assert proc.returncode == 0, proc.stderr
+        files = sorted((lake / DS / "CustomerDimensions").rglob("*.parquet"))
+        outputs.append([f.read_bytes() for f in files])
+        rows = {r["WebUserId"]: r for r in pq.read_table(files[0]).to_pylist()}
+    assert outputs[0] == outputs[1]
+    assert rows["u1"]["Tier"] == 'Gold "A"\nline2' and rows["u1"]["Spend"] == 1.5
+    assert rows["u2"]["Spend"] is None
+    assert rows["u1"]["Since"].isoformat() == "2024-01-01T10:00:00.123456+00:00"
+    assert rows["u2"]["Since"].isoformat() == "2024-01-01T10:00:00+00:00"
+    assert rows["u3"]["Since"].isoformat() == "2024-01-01T04:30:00+00:00"
+    assert len(rows) == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    "customerID Customer_Id CUSTOMERID CustomerＩＤ ALTERNATE_KEY AlternateEmail id_customer IdCustomer "
+    "CustomerIds CustomerIDs CustomerIdentifier crm_identifier PK AccountNum ClientNo EmailAddress "
+    "PrimaryEmail Email_Address MobilePhone SSN".split(),
+)
+def test_id_names_in_any_case_or_spelling_are_identifiers(name):
+    assert identifier_reason(Attribute(name, pa.string())) is not None
+
+
+@pytest.mark.parametrize(
+    "name", "EmailOptIn Paid Grid Video Idle IdealCustomer KeyAccount Country Age".split()
+)
+def test_ordinary_words_are_shareable(name):
+    assert identifier_reason(Attribute(name, pa.string())) is None
+
+
+def test_key_marks_spelled_in_variants_are_identifiers(tmp_path, capsys):
+    """A CDM purpose given as a reference object, traits in other letter cases or as sub-traits,
+    and model.json annotations spelled differently all mark identifiers."""
+    source = write_manifest_source(tmp_path / "ci")
+    doc = json.loads((source / "Customer.cdm.json").read_text())
+    attrs = doc["definitions"][0]["hasAttributes"]
+    attrs[5]["purpose"] = {"purposeReference": "identifiedBy"}  # Tier
+    attrs[6]["appliedTraits"] = [{"traitReference": "IS.IdentifiedBy"}]  # Visits
+    attrs[7]["appliedTraits"] = ["means.identity.brand"]  # Born
+    (source / "Customer.cdm.json").write_text(json.dumps(doc))
+    model = write_model_source(
+        tmp_path / "mj",
+        [
+            ("WebUserId", "string"),
+            {"name": "Tier", "annotations": [{"name": "Is_Primary_Key", "value": True}]},
+        ],
+        {},
+    )
+    for folder, name in ((source, "Tier"), (source, "Visits"), (source, "Born"), (model, "Tier")):
+        code, _, err = cli(
+            share_args(tmp_path / "lake", profiles=folder, attrs=[name], segments=False), capsys
+        )
+        assert code == 2 and f"--attribute {name!r} is an identifier (the metadata marks it" in err, err

@@ -8,6 +8,7 @@ No I/O, no Beam, no storage: the readers in :mod:`insights_link.profiles` turn m
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -88,26 +89,42 @@ _SNAKE_ID = re.compile(r"(^|[_\-. ])(id|guid|uuid|key|number|no)$", re.IGNORECAS
 #: words ending in "id" that are not ids (``contactid`` is one; ``IsPaid`` is not)
 _NOT_IDS = frozenset(
     "paid unpaid prepaid valid invalid rapid fluid liquid humid android solid hybrid squid acid "
-    "lucid vivid timid avid druid pyramid void mid bid kid lid rid".split()
+    "lucid vivid timid avid druid pyramid void mid bid kid lid rid grid orchid cupid stupid "
+    "overpaid underpaid".split()
 )
 _ALTERNATE = re.compile(r"^alternate|alternatekey|alternateid", re.IGNORECASE)
+#: the words of a name: ``CustomerIDs`` -> Customer, IDs; ``id_customer`` -> id, customer
+_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+s?|[A-Z]+s?(?![a-z])|[0-9]+")
+#: a first or last word that makes a name an id (``IdCustomer``, ``CustomerIds``, ``crm_identifier``)
+_ID_WORDS = frozenset("id ids guid guids uuid uuids pk fk identifier identifiers".split())
+_LAST_ID_WORDS = _ID_WORDS | frozenset("key keys number no num nr".split())
+#: words that identify a person directly (contact points Customer Insights matches profiles on)
+_PLURAL_ID = re.compile(r"(^|[a-z_\-. ])(ID|Id|id)s$")
+_PERSONAL = frozenset("email emailaddress mail phone phonenumber mobile telephone ssn passport".split())
+
+
+def _words(name: str) -> list[str]:
+    return [w.lower() for w in _WORDS.findall(name)]
 
 
 def identifier_reason(attribute: Attribute) -> str | None:
     """Why ``attribute`` is an identifier (and so never shared), or None when it can be shared.
+
+    Names are compared after Unicode NFKC folding (a full-width ``ＩＤ`` is ``ID``).
 
     >>> identifier_reason(Attribute("CustomerId", pa.string()))
     'the unified customer id'
     >>> identifier_reason(Attribute("LoyaltyTier", pa.string())) is None
     True
     """
-    name = attribute.name
-    if name.lower() == UNIFIED_ID.lower():
+    name = unicodedata.normalize("NFKC", attribute.name).strip()
+    if name.casefold() == UNIFIED_ID.casefold():
         return "the unified customer id"
     if attribute.marks:
         return f"the metadata marks it as {' and '.join(attribute.marks)}"
-    if _ALTERNATE.search(name):
+    if _ALTERNATE.search(name) or _words(name)[:1] == ["alternate"]:
         return "an alternate key"
+    words = _words(name) or [name.lower()]
     last = re.split(r"[_\-. ]|(?<=[a-z])(?=[A-Z])", name)[-1].lower()
     glued = name.lower().endswith(("id", "guid", "uuid")) and last not in _NOT_IDS
     if (
@@ -115,8 +132,13 @@ def identifier_reason(attribute: Attribute) -> str | None:
         or _CAMEL_ID.search(name)
         or _SNAKE_ID.search(name)
         or glued
+        or words[0] in _ID_WORDS
+        or words[-1] in _LAST_ID_WORDS
+        or _PLURAL_ID.search(name)
     ):
-        return "an id by its name (Id, *Id, *_id, *ID, *id, Guid, *Key, *Number)"
+        return "an id by its name (Id, Id*, *Id(s), *_id, *ID, *id, Guid, *Identifier, *Key, *Number)"
+    if words[-1] in _PERSONAL or "".join(words[-2:]) in _PERSONAL:
+        return "a personal identifier by its name (email address, phone number, SSN, passport)"
     return None
 
 

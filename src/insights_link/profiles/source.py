@@ -21,11 +21,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -79,9 +81,12 @@ class SourceTable:
 
     def _read_partition(self, part: Partition, schema: pa.Schema) -> pa.Table:
         data = self._bytes(part.key)
+        shown = self.storage.describe(part.key)
         try:
             if part.kind == "parquet":
                 table = pq.read_table(io.BytesIO(data), columns=schema.names)
+            elif not data.strip(b"\xef\xbb\xbf \t\r\n"):
+                return schema.empty_table()  # an empty partition (an empty segment) has no rows
             else:
                 names = list(self.attributes)
                 table = pacsv.read_csv(
@@ -91,22 +96,92 @@ class SourceTable:
                     ),
                     parse_options=pacsv.ParseOptions(delimiter=part.delimiter, newlines_in_values=True),
                     convert_options=pacsv.ConvertOptions(
-                        column_types={f.name: f.type for f in schema},
+                        column_types={f.name: pa.string() for f in schema},
                         include_columns=schema.names,
                         strings_can_be_null=True,
                         quoted_strings_can_be_null=False,
                     ),
                 )
-            return table.select(schema.names).cast(schema)
         except (pa.ArrowException, ValueError, KeyError) as exc:
             detail = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
-            raise ProfileSourceError(f"{self.storage.describe(part.key)} can't be read: {detail}") from None
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as bad:  # name the line, as pyarrow names only the column
+                line = data.count(b"\n", 0, bad.start) + 1
+                detail = f"line {line}: invalid UTF-8 (byte {data[bad.start]:#04x}); the file must be UTF-8"
+            raise ProfileSourceError(f"{shown} can't be read: {detail}") from None
+        first_row = 2 if part.kind == "csv" and part.header else 1
+        return pa.table([_converted(table[f.name], f, shown, first_row) for f in schema], schema=schema)
 
     def _bytes(self, key: str) -> bytes:
+        _inside(self.storage, key, self.location)
         try:
             return self.storage.read_bytes(key)
         except (OSError, StorageError) as exc:
             raise ProfileSourceError(f"{self.storage.describe(key)} can't be read: {exc}") from None
+
+
+#: a timestamp without an offset (taken as UTC) and fractions past microseconds (truncated)
+_NAIVE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"
+_LONG_FRACTION = r"(\.\d{6})\d+"
+
+
+def _converted(column: pa.ChunkedArray, target: pa.Field, shown: str, first_row: int) -> pa.ChunkedArray:
+    """``column`` as ``target``'s type. Text is trimmed for non-string types (blank = null),
+    timestamps without an offset are UTC; a value that doesn't convert raises
+    :class:`ProfileSourceError` naming the file, the row (1 = the file's first row, a header
+    counted) and the value, never a traceback and never a dropped row."""
+    kind = target.type
+    values = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if values.type == kind:
+        return pa.chunked_array([values], kind)
+    prepared = values
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        if not pa.types.is_string(kind):
+            prepared = pc.utf8_trim_whitespace(values)
+            prepared = pc.if_else(pc.equal(prepared, ""), pa.scalar(None, prepared.type), prepared)
+        if pa.types.is_timestamp(kind):
+            prepared = pc.replace_substring_regex(prepared, _LONG_FRACTION, r"\1")
+            naive = pc.fill_null(pc.match_substring_regex(prepared, _NAIVE), False)
+            prepared = pc.if_else(naive, pc.binary_join_element_wise(prepared, "Z", ""), prepared)
+    try:
+        return pa.chunked_array([pc.cast(prepared, kind)], kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    index = _first_bad(prepared, kind)
+    value = values[index].as_py()
+    raise ProfileSourceError(
+        f"{shown} row {index + first_row}: {target.name} value {str(value)[:80]!r} is not a "
+        f"{kind} (the type its metadata declares)"
+    )
+
+
+def _first_bad(values: pa.Array, kind: pa.DataType) -> int:
+    """The index of the first value of ``values`` that does not cast to ``kind``."""
+    start, size = 0, len(values)
+    while size > 1:  # halve the range holding the first failure
+        half = size // 2
+        try:
+            pc.cast(values.slice(start, half), kind)
+            start, size = start + half, size - half
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            size = half
+    return start
+
+
+def _inside(storage: Storage, key: str, where: str) -> str:
+    """``key`` when it names a file below the source folder; a location climbing out of it
+    (``..``), or a local symlink resolving outside it, is refused: metadata never makes this
+    tool read anything but the folder it was given."""
+    parts = key.replace("\\", "/").split("/")
+    if not key or any(p in ("..", ".") for p in parts) or "\x00" in key:
+        raise ProfileSourceError(f"{where}: location {key!r} is outside the folder given")
+    if not is_remote(storage.describe()):
+        root = os.path.realpath(storage.describe())
+        real = os.path.realpath(storage.describe(key))
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise ProfileSourceError(f"{where}: {key!r} resolves outside the folder given ({real})")
+    return key
 
 
 def open_source(path: str, entity: str | None = None, what: str = "--profiles") -> SourceTable:
@@ -153,6 +228,7 @@ def _storage(url: str, what: str, shown: str) -> Storage:
 
 
 def _json(storage: Storage, key: str, what: str, path: str) -> dict:
+    _inside(storage, key, f"{what} {path}")
     try:
         return json.loads(storage.read_bytes(key))
     except (ValueError, OSError, StorageError) as exc:
@@ -183,9 +259,24 @@ def _attribute(name: str, data_type: str, marks: list[str], what: str, path: str
 
 def _traits(node: dict) -> list[str]:
     names = []
-    for trait in node.get("appliedTraits", []) + node.get("exhibitsTraits", []):
-        names.append(trait if isinstance(trait, str) else str(trait.get("traitReference", "")))
+    for trait in (node.get("appliedTraits") or []) + (node.get("exhibitsTraits") or []):
+        if isinstance(trait, dict):
+            trait = trait.get("traitReference", "")
+            if isinstance(trait, dict):  # an inline trait definition
+                trait = trait.get("traitName", "")
+        names.append(str(trait))
     return names
+
+
+#: model.json annotation names (letters only, lower case) that mark a key or an identifier
+_KEY_ANNOTATIONS = {"iskey", "isprimarykey", "primarykey", "isidentifier", "identifier", "isalternatekey"}
+
+
+def _is_key_trait(name: str) -> bool:
+    """A trait marking a key or an identity, in any letter case and its sub-traits
+    (``means.identity.brand.id``, ``is.identifiedBy``)."""
+    lowered = name.strip().lower()
+    return any(lowered == t.lower() or lowered.startswith(t.lower() + ".") for t in KEY_TRAITS)
 
 
 def _trait_args(trait: dict) -> dict[str, str]:
@@ -211,9 +302,12 @@ def _from_manifest(storage: Storage, path: str, manifest: str, entity: str | Non
         if "name" not in a:
             continue
         marks = []
-        if a.get("purpose") in ("identifiedBy", "hasA") or a["name"] in keys:
+        purpose = a.get("purpose")
+        if isinstance(purpose, dict):  # a purpose reference object
+            purpose = purpose.get("purposeReference")
+        if str(purpose).lower() in ("identifiedby", "hasa") or a["name"] in keys:
             marks.append("the entity's key (identifiedBy)")
-        marks += [f"trait {t}" for t in _traits(a) if t in KEY_TRAITS]
+        marks += [f"trait {t}" for t in _traits(a) if _is_key_trait(t)]
         attributes[a["name"]] = _attribute(a["name"], str(a.get("dataType", "string")), marks, what, path)
     partitions = [
         _partition(storage, _relative(str(p.get("location", ""))), p, what, path)
@@ -236,6 +330,8 @@ def _pattern_partitions(storage: Storage, patterns: list, what: str, path: str) 
     found = []
     for pattern in patterns:
         root = _relative(str(pattern.get("rootLocation", ""))).rstrip("/")
+        if root:
+            _inside(storage, root, f"{what} {path}")
         if pattern.get("globPattern"):
             glob = str(pattern["globPattern"]).lstrip("/")
             regex = glob_regex(glob if glob.startswith("**/") or "/" in glob else "**/" + glob)
@@ -251,7 +347,7 @@ def _pattern_partitions(storage: Storage, patterns: list, what: str, path: str) 
 def _primary_keys(definition: dict) -> list[str]:
     found = []
     for trait in definition.get("exhibitsTraits", []):
-        if isinstance(trait, dict) and trait.get("traitReference") == "is.identifiedBy":
+        if isinstance(trait, dict) and str(trait.get("traitReference", "")).lower() == "is.identifiedby":
             for value in _trait_args(trait).values():
                 found.append(value.rsplit("/", 1)[-1])
     return found
@@ -279,11 +375,14 @@ def _existing(storage: Storage, location: str, what: str, path: str) -> str:
     trailing path is found below the folder (model.json lists full https:// URLs)."""
     if "://" in location:
         parts = [unquote(p) for p in urlsplit(location).path.split("/") if p]
+        if any(p in ("..", ".") for p in parts):
+            raise ProfileSourceError(f"{what} {path!r}: partition {location} is outside the folder given")
         for i in range(len(parts)):
             candidate = join(*parts[i:])
             if storage.exists(candidate):
                 return candidate
         raise ProfileSourceError(f"{what} {path!r}: partition {location} is not below the folder given")
+    _inside(storage, location, f"{what} {path}")
     if not storage.exists(location):
         raise ProfileSourceError(f"{what} {path!r}: partition {location} is missing")
     return location
@@ -299,15 +398,12 @@ def _from_model(storage: Storage, path: str, entity: str | None, what: str) -> S
         marks = []
         if a.get("isKey") or a.get("isPrimaryKey") or a.get("cdm:isKey"):
             marks.append("a key (isKey)")
-        marks += [f"trait {t}" for t in _traits(a) if t in KEY_TRAITS]
-        for annotation in a.get("annotations", []):
-            if str(annotation.get("name", "")).lower() in (
-                "iskey",
-                "isprimarykey",
-                "isidentifier",
-                "identifier",
-            ):
-                if str(annotation.get("value", "true")).lower() == "true":
+        marks += [f"trait {t}" for t in _traits(a) if _is_key_trait(t)]
+        for annotation in a.get("annotations", []) or []:
+            if not isinstance(annotation, dict):
+                continue
+            if re.sub(r"[^a-z]", "", str(annotation.get("name", "")).lower()) in _KEY_ANNOTATIONS:
+                if str(annotation.get("value", "true")).strip().lower() in ("true", "1", "yes"):
                     marks.append(f"an identifier (annotation {annotation['name']})")
         attributes[a["name"]] = _attribute(a["name"], str(a.get("dataType", "string")), marks, what, path)
     partitions = []
