@@ -425,3 +425,21 @@ def test_interrupted_doctor_still_deletes_its_probe(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         doctor("--output", str(tmp_path / "lake"))
     assert tree(tmp_path / "lake") == []
+
+
+def test_probes_a_killed_doctor_left_are_removed_once_stale(tmp_path):
+    """SIGKILL skips every cleanup: the next doctor deletes probes older than an hour (only
+    files named like its probes; a fresh one, maybe a concurrent doctor's, and others stay)."""
+    probes = tmp_path / "lake" / doctor_command.PROBE_FOLDER
+    probes.mkdir(parents=True)
+    stale = probes / "probe-20240101T000000Z-0123456789ab.txt"
+    fresh = probes / "probe-20240101T000001Z-ba9876543210.txt"
+    other = probes / "notes.txt"
+    for path in (stale, fresh, other):
+        path.write_text("x")
+    os.utime(stale, (0, 0))
+    os.utime(other, (0, 0))
+    code, report = doctor("--output", str(tmp_path / "lake"))
+    assert code == 0, report
+    assert "removed 1 probe(s) a killed doctor left" in detail(report, "write")
+    assert sorted(p.name for p in probes.iterdir()) == sorted([fresh.name, other.name])

@@ -45,6 +45,9 @@ failed, 1 when a check failed, 2 for a usage error. Writes nothing but its own p
 PROBE_FOLDER = "_doctor"
 #: never written: a read of it tells whether the credentials may read (as export's check_output)
 READ_PROBE_KEY = ".insights-link-probe"
+#: the name of a write probe (``probe-<UTC stamp>-<12 hex>.txt``) and when a left one is stale
+_PROBE_NAME = re.compile(r"probe-\d{8}T\d{6}Z-[0-9a-f]{12}\.txt")
+STALE_PROBE_SECONDS = 3600
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _PROFILE_FILES = (".csv", ".csv.gz", ".parquet")
 #: what Customer Insights needs that no storage request can show (docs/doctor.md)
@@ -287,6 +290,7 @@ class Doctor:
         key = f"{PROBE_FOLDER}/probe-{stamp}-{uuid.uuid4().hex[:12]}.txt"
         data = f"insights-link doctor write probe {stamp}\n".encode()
         self._made_folder = not self.remote and not os.path.isdir(self.storage.describe(PROBE_FOLDER))
+        stale = self._remove_stale_probes()
         try:
             self.storage.write_if(key, data, None)  # never overwrites anything
             self.written = key
@@ -296,9 +300,29 @@ class Doctor:
             detail = str(exc) if isinstance(exc, StorageError) else f"{exc.strerror}"
             self._tidy_local_folder()
             return Check("write", "fail", f"cannot write below {self.storage.describe()}: {detail}")
+        left = f"; removed {stale} probe(s) a killed doctor left" if stale else ""
         return Check(
-            "write", "ok", f"wrote and read {PROBE_FOLDER}/{key.rsplit('/', 1)[1]} (deleted at the end)"
+            "write",
+            "ok",
+            f"wrote and read {PROBE_FOLDER}/{key.rsplit('/', 1)[1]} (deleted at the end){left}",
         )
+
+    def _remove_stale_probes(self) -> int:
+        """Delete probes a killed doctor left (SIGKILL skips every cleanup): only files named
+        like doctor's probes, and only when older than an hour, so a concurrent doctor's probe
+        stays. Returns how many were deleted."""
+        assert self.storage is not None
+        removed = 0
+        try:
+            for obj in self.storage.list(PROBE_FOLDER):
+                name = obj.key.rsplit("/", 1)[-1]
+                old = (self.clock() - obj.modified).total_seconds() > STALE_PROBE_SECONDS
+                if obj.key == f"{PROBE_FOLDER}/{name}" and _PROBE_NAME.fullmatch(name) and old:
+                    self.storage.delete(obj.key)
+                    removed += 1
+        except (StorageError, OSError) as exc:
+            logger.warning("could not remove old probes below %s: %s", PROBE_FOLDER, exc)
+        return removed
 
     def remove_probe(self) -> None:
         """Delete the probe object doctor wrote (and, locally, the ``_doctor`` folder it made
