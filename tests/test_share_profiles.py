@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import pytest
 from deltalake import DeltaTable
 
 from cdm_check import load_data_source
-from conftest import REPO, RUN_TIME, manifest_locations, run_cli, run_killed
+from conftest import REPO, RUN_TIME, manifest_locations, run_cli, run_killed, start_cli
+from faults.lake_checks import wait_for_file
 from insights_link.cli import main
 from insights_link.core.profiles import Attribute, identifier_reason
 from insights_link.profiles.acl import ACCESS, DEFAULT, GROUP, MASK, OTHER, USER, decode_acl
@@ -686,3 +688,117 @@ def test_key_marks_spelled_in_variants_are_identifiers(tmp_path, capsys):
             share_args(tmp_path / "lake", profiles=folder, attrs=[name], segments=False), capsys
         )
         assert code == 2 and f"--attribute {name!r} is an identifier (the metadata marks it" in err, err
+
+
+def test_frozen_run_keeps_the_lock_and_umask_000_stays_owner_only(tmp_path):
+    """A run frozen (SIGSTOP) inside its commit keeps the data source's lock: a second run is
+    busy (exit 4) and changes nothing; resumed, the frozen run commits. Under umask 000 every
+    folder and file of the data source ends owner-only; ``forget`` refuses the profile tables."""
+    lake = tmp_path / "lake"
+    pause = tmp_path / "pause"
+    env = {"INSIGHTS_LINK_PAUSE_AT": "share_before_commit", "INSIGHTS_LINK_PAUSE_FILE": str(pause)}
+    old = os.umask(0)
+    try:
+        frozen = start_cli(*share_args(lake, "--run-id", "f1", attrs=["City"]), env=env)
+        wait_for_file(pause, frozen)
+        frozen.send_signal(signal.SIGSTOP)
+        second = run_cli(*share_args(lake, "--run-id", "f2", "--lock-wait", "0", attrs=["City"]))
+        assert second.returncode == 4, second.stderr
+        assert not (lake / DS / "default.manifest.cdm.json").exists()
+        frozen.send_signal(signal.SIGCONT)
+        pause.unlink()
+        _out, err = frozen.communicate(timeout=120)
+    finally:
+        os.umask(old)
+    assert frozen.returncode == 0, err
+    assert json.loads((lake / DS / "_runs" / "f1.json").read_text())["status"] == "committed"
+    assert not (lake / DS / "_runs" / "f2.json").exists()
+    loose = [
+        str(p)
+        for p in [lake / DS, *(lake / DS).rglob("*")]
+        if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077
+    ]
+    assert loose == []
+    before = sorted(str(p) for p in (lake / DS).rglob("*.parquet"))
+    forgot = run_cli("forget", "--lake", str(lake), "--data-source", DS, "--customer-id", "cust-00001")
+    assert forgot.returncode == 1 and "has no CustomerId column" in forgot.stderr, forgot.stderr
+    assert sorted(str(p) for p in (lake / DS).rglob("*.parquet")) == before
+
+
+def test_a_sas_token_in_a_source_url_is_never_printed(tmp_path, capsys):
+    sas = "sv=2024-01-01&sig=SECRETSIGNATURE"
+    url = f"https://acct.blob.core.windows.net/fs/Customer?{sas}"
+    for argv in (
+        ["share-profiles", "--profiles", url, "--list-attributes"],
+        share_args(tmp_path / "lake", "--segments", url, "--json", attrs=["City"], segments=False),
+    ):
+        code, out, err = cli(argv, capsys)
+        assert code == 2 and "remove the query string" in err and "SECRETSIGNATURE" not in out + err
+
+
+def test_user_key_must_be_text_or_an_integer(tmp_path, capsys):
+    source = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"Key": [1.0, 2.5], "Tier": ["a", "b"]}), source)
+    argv = ["share-profiles", "--profiles", str(source), "--output", str(tmp_path / "lake")]
+    code, _, err = cli([*argv, "--user-key", "Key", "--attribute", "Tier"], capsys)
+    assert code == 2 and "--user-key 'Key' has type double" in err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_column_names_the_tables_hold_or_case_twins_are_refused(tmp_path, capsys):
+    """A user key named ``Segment``, an attribute named ``ActivityDate`` (Delta's partition
+    column) and attributes differing only in case would be duplicate columns: exit 2."""
+    source = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"Segment": ["u1"], "ActivityDate": ["x"], "Tier": ["a"], "tier": ["b"]}), source)
+    argv = [
+        "share-profiles",
+        "--profiles",
+        str(source),
+        "--output",
+        str(tmp_path / "lake"),
+        "--table-format",
+        "delta",
+    ]
+    for extra, says in (
+        (["--user-key", "Segment", "--attribute", "Tier"], "SegmentMembership's segment column"),
+        (["--user-key", "Tier", "--attribute", "ActivityDate"], "the lake's partition column"),
+        (["--user-key", "ActivityDate", "--attribute", "Tier"], "the lake's partition column"),
+        (["--user-key", "Tier", "--attribute", "tier"], "differ only in letter case"),
+    ):
+        code, _, err = cli([*argv, *extra], capsys)
+        assert code == 2 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_metadata_of_the_wrong_shape_and_partitions_of_another_schema(tmp_path, capsys):
+    """Valid JSON that isn't shaped like the metadata, and a Parquet partition lacking a
+    column or holding text where the metadata says integer: exit 2 naming the file, no traceback."""
+    bad = {"list": [1, 2], "entities": {"entities": {"a": 1}}, "nameless": None}
+    for name, doc in bad.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        if doc is None:
+            write_model_source(folder, [{"dataType": "string"}], {})
+        else:
+            (folder / "model.json").write_text(json.dumps(doc))
+        code, _, err = cli(["share-profiles", "--profiles", str(folder), "--list-attributes"], capsys)
+        assert code == 2 and "is not shaped like Customer Insights' metadata" in err, err
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.table({"WebUserId": ["u1"], "Visits": pa.array([1], pa.int32())}), parts / "a.parquet")
+    pq.write_table(pa.table({"WebUserId": ["u2"], "Visits": ["many"]}), parts / "b.parquet")
+    pq.write_table(pa.table({"WebUserId": ["u3"]}), parts / "c.parquet")
+    argv = [
+        "share-profiles",
+        "--profiles",
+        str(parts),
+        "--output",
+        str(tmp_path / "lake"),
+        "--user-key",
+        "WebUserId",
+    ]
+    code, _, err = cli([*argv, "--attribute", "Visits"], capsys)
+    assert code == 2 and "b.parquet row 1: Visits value 'many' is not a int32" in err
+    (parts / "b.parquet").unlink()
+    code, _, err = cli([*argv, "--attribute", "Visits"], capsys)
+    assert code == 2 and "c.parquet can't be read" in err and "Visits" in err and "UTF-8" not in err

@@ -13,7 +13,13 @@ import pyarrow.compute as pc
 from insights_link.commands.common import Clock, Parser
 from insights_link.core.contract import check_name
 from insights_link.core.paths import is_remote
-from insights_link.core.profiles import UNIFIED_ID, check_user_key, choose_attributes, identifier_reason
+from insights_link.core.profiles import (
+    UNIFIED_ID,
+    check_column_names,
+    check_user_key,
+    choose_attributes,
+    identifier_reason,
+)
 from insights_link.errors import DataSourceBusy, GrantFailed, UsageError
 from insights_link.pipeline.spec import BY_DEST, OptionError
 
@@ -167,6 +173,7 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     try:
         key = check_user_key(args.user_key, source.attributes)
         chosen = choose_attributes(args.attribute, source.attributes, key.name)
+        check_column_names(key.name, chosen)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     segment_sources = [open_source(p, what="--segments") for p in args.segments]
@@ -304,6 +311,7 @@ def _restrict(lake, storage, root, data_source, remote, readers, given, hns) -> 
     from insights_link.storage import StorageError
 
     try:
+        lake.check_lock()  # fenced: a run frozen past its lease must not reset a newer run's readers
         if remote:
             if not hns:
                 return "no hierarchical namespace: the container's access applies (no ACLs)"

@@ -154,6 +154,12 @@ def check_user_key(name: str, attributes: dict[str, Attribute]) -> Attribute:
             f"--user-key {name!r} is the unified customer id, which is never shared; name the "
             "profile column whose values events carry as Signal.User.Id"
         )
+    kind = found.arrow_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
+        raise ValueError(
+            f"--user-key {name!r} has type {kind}; a user key is a string or an integer (its "
+            "values are compared as text with Signal.User.Id, which a float, date or flag can't be)"
+        )
     return found
 
 
@@ -184,6 +190,29 @@ def choose_attributes(wanted: list[str], attributes: dict[str, Attribute], user_
     if not chosen:
         raise ValueError("name at least one --attribute to share (see --list-attributes)")
     return chosen
+
+
+#: column names the written tables hold themselves (case-insensitively, as Delta, DuckDB and
+#: Spark compare names): the lake's partition column and SegmentMembership's segment column
+RESERVED = {"activitydate": "the lake's partition column", "segment": "SegmentMembership's segment column"}
+
+
+def check_column_names(user_key: str, chosen: list[Attribute]) -> None:
+    """Raise ValueError when the written tables would get two columns of one name (compared
+    case-insensitively) or a column the tables hold themselves (``ActivityDate``, ``Segment``)."""
+    seen: dict[str, str] = {}
+    for flag, name in [("--user-key", user_key), *(("--attribute", a.name) for a in chosen)]:
+        folded = name.casefold()
+        if folded in RESERVED:
+            raise ValueError(
+                f"{flag} {name!r} has the name of {RESERVED[folded]}; share it under another name"
+            )
+        if folded in seen:
+            raise ValueError(
+                f"{flag} {name!r} and {seen[folded]!r} differ only in letter case; Delta, DuckDB and "
+                "Spark would see one column"
+            )
+        seen[folded] = name
 
 
 def _names(attributes: dict[str, Attribute]) -> str:

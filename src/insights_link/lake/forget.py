@@ -63,6 +63,11 @@ def forget(
     matched: set[str] = set()
     for table, held in sorted(state.tables.items()):
         columns = lake.format.columns(lake.storage, lake.data_source, table)
+        if "CustomerId" not in [c.name for c in columns]:  # e.g. share-profiles' CustomerDimensions
+            raise ForgetError(
+                f"table {table!r} has no CustomerId column (shared profiles? re-share them once the "
+                "customer is gone from Customer Insights); nothing was removed"
+            )
         schema = columns_schema(columns)
         counts = {"rows_removed": 0, "files_rewritten": 0, "deletes_files": 0}
         removed_ids: list[pa.Array] = []

@@ -105,7 +105,7 @@ class SourceTable:
         except (pa.ArrowException, ValueError, KeyError) as exc:
             detail = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
             try:
-                data.decode("utf-8")
+                data.decode("utf-8") if part.kind == "csv" else None
             except UnicodeDecodeError as bad:  # name the line, as pyarrow names only the column
                 line = data.count(b"\n", 0, bad.start) + 1
                 detail = f"line {line}: invalid UTF-8 (byte {data[bad.start]:#04x}); the file must be UTF-8"
@@ -187,6 +187,11 @@ def _inside(storage: Storage, key: str, where: str) -> str:
 def open_source(path: str, entity: str | None = None, what: str = "--profiles") -> SourceTable:
     """The table at ``path``; ``entity`` picks one of a CDM folder's entities (default: the only
     one, or ``Customer``). Raises :class:`ProfileSourceError` naming ``path``."""
+    if is_remote(path) and ("?" in path or "#" in path):  # a SAS token is never repeated
+        raise ProfileSourceError(
+            f"{what} {path.split('?')[0].split('#')[0]!r}: remove the query string (put a SAS "
+            "token in AZURE_STORAGE_SAS_TOKEN instead)"
+        )
     lowered = path.lower().rstrip("/")
     if lowered.endswith((".csv", ".parquet")):
         parent, _, name = path.rstrip("/").rpartition("/")
@@ -201,10 +206,17 @@ def open_source(path: str, entity: str | None = None, what: str = "--profiles") 
         raise ProfileSourceError(f"{what} {path!r} can't be listed: {exc}") from None
     top = [k for k in keys if "/" not in k]
     manifests = sorted(k for k in top if k.endswith(".manifest.cdm.json"))
-    if manifests:
-        return _from_manifest(storage, path, manifests[0], entity, what)
-    if "model.json" in top:
-        return _from_model(storage, path, entity, what)
+    metadata = manifests[:1] or (["model.json"] if "model.json" in top else [])
+    if metadata:
+        try:
+            if manifests:
+                return _from_manifest(storage, path, manifests[0], entity, what)
+            return _from_model(storage, path, entity, what)
+        except (KeyError, AttributeError, TypeError, IndexError) as exc:  # valid JSON, wrong shape
+            raise ProfileSourceError(
+                f"{what} {path!r}: {metadata[0]} (or an entity document it names) is not shaped "
+                f"like Customer Insights' metadata ({type(exc).__name__}: {exc})"
+            ) from None
     if any(k.startswith("_delta_log/") for k in keys):
         return _from_delta(storage, path, what)
     data = [k for k in keys if k.lower().endswith((".csv", ".parquet")) and not k.startswith(("_", "."))]
