@@ -87,3 +87,10 @@ def test_enrich_names_a_missing_data_source(tmp_path):
     assert proc.returncode == 2
     assert "no data source 'Nowhere'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (lake / DS).exists()
+
+
+def test_enrich_takes_names_never_paths(tmp_path):
+    args = ["share-profiles", "--profiles", str(SAMPLE / "Customer"), "--output", str(tmp_path / "lake")]
+    proc = run_cli(*args, "--user-key", "WebUserId", "--attribute", "City", "--enrich", "../WebLog")
+    assert proc.returncode == 2 and "--enrich '..' breaks the naming rule" in proc.stderr
+    assert not (tmp_path / "lake" / DS).exists()

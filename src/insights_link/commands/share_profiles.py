@@ -332,6 +332,8 @@ def _enrichment(value, data_source, storage, root, dims, members, key, dims_colu
     source_ds, _, table = value.partition("/")
     if not source_ds or not table or "/" in table:
         raise UsageError(f"--enrich {value!r}: give DATA_SOURCE/TABLE (e.g. EngagementInsights/WebLog)")
+    for part in (source_ds, table):  # names only: never a path out of the lake (``..``)
+        check_name(part, "--enrich")
     if source_ds == data_source:
         raise UsageError(f"--enrich {value!r}: the activities must come from another data source")
     keys, activity_columns, _fmt = committed_activity_keys(storage, source_ds, table)
