@@ -185,6 +185,15 @@ def test_a_file_as_lake_fails(tmp_path):
     code, report = doctor("--output", str(tmp_path / "file"))
     assert (code, failed(report)) == (1, ["lake"])
     assert "is a file, not a folder" in detail(report, "lake")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for name, says in (
+        ("fifo", "is a named pipe (FIFO), not a folder"),
+        ("dangling", "which does not exist"),
+    ):
+        code, report = doctor("--output", str(tmp_path / name))
+        assert (code, failed(report)) == (1, ["lake"]) and says in detail(report, "lake")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "fifo", "file"]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import re
+import stat
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -244,10 +245,15 @@ class Doctor:
         if self.remote:
             return self._remote_lake()
         root = os.path.abspath(os.path.expanduser(self.args.lake))
+        if os.path.islink(root) and not os.path.exists(root):
+            return Check(
+                "lake", "fail", f"{root} is a symbolic link to {os.readlink(root)}, which does not exist"
+            )
         if not os.path.exists(root):
             return Check("lake", "fail", f"{root} does not exist")
         if not os.path.isdir(root):
-            return Check("lake", "fail", f"{root} is a file, not a folder")
+            kind = "a named pipe (FIFO)" if stat.S_ISFIFO(os.stat(root).st_mode) else "a file"
+            return Check("lake", "fail", f"{root} is {kind}, not a folder")
         if not os.access(root, os.R_OK | os.X_OK):
             return Check("lake", "fail", f"{root} cannot be read by this user")
         self.storage = open_storage(root)
