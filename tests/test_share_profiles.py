@@ -359,16 +359,21 @@ def test_plain_parquet_and_delta_profile_sources(tmp_path):
 
 def test_readers_get_posix_acls_and_nobody_else(tmp_path, capsys):
     lake = tmp_path / "lake"
-    code, _, err = cli(share_args(lake, "--reader", "user:daemon", "--reader", "group:nogroup"), capsys)
-    assert code == 0, err
     import grp
     import pwd
 
     uid, gid = pwd.getpwnam("daemon").pw_uid, grp.getgrnam("nogroup").gr_gid
+    same = ["--reader", "daemon", "--reader", f"user:{uid}"]  # the same user again: one entry
+    code, _, err = cli(
+        share_args(lake, "--reader", "user:daemon", "--reader", "group:nogroup", *same), capsys
+    )
+    assert code == 0, err
     folder = lake / DS
     for path in [folder, *folder.rglob("*")]:
         is_dir = path.is_dir()
-        entries = {(tag, ident): perm for tag, perm, ident in decode_acl(os.getxattr(path, ACCESS))}
+        acl = decode_acl(os.getxattr(path, ACCESS))
+        entries = {(tag, ident): perm for tag, perm, ident in acl}
+        assert len(entries) == len(acl)  # no principal twice (an invalid ACL)
         want = 5 if is_dir else 4
         assert entries[(USER, uid)] == want and entries[(GROUP, gid)] == want, path
         assert entries[(MASK, 0xFFFFFFFF)] == want

@@ -159,7 +159,8 @@ def test_readers_acls_at_the_sdk_boundary_with_a_recording_fake(azure_lake, monk
     monkeypatch.setattr(AzureStorage, "is_hns_enabled", lambda self: True)
     monkeypatch.setattr(AzureStorage, "_datalake_file_system", lambda self: fake)
     source = upload_sample(azure_lake)
-    code = main(share_args(source, azure_lake, "--reader", OID, "--run-id", "r1"))
+    twice = ["--reader", OID, "--reader", f" {OID.upper()} "]  # one principal, one entry
+    code = main(share_args(source, azure_lake, *twice, "--run-id", "r1"))
     assert code == 0, capsys.readouterr().err
     (recursive,) = [c for c in fake.calls if c[0] == "set_access_control_recursive"]
     assert recursive[1].endswith(f"lake/{DS}")

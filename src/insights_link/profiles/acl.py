@@ -59,7 +59,8 @@ def parse_readers(values: list[str]) -> list[Reader]:
                 ident = grp.getgrnam(name).gr_gid if not name.isdigit() else grp.getgrgid(int(name)).gr_gid
         except KeyError:
             raise UsageError(f"--reader {value!r}: no such local {kind}") from None
-        readers.append(Reader(kind, name, ident))
+        if all((r.kind, r.id) != (kind, ident) for r in readers):  # one ACL entry per principal
+            readers.append(Reader(kind, name, ident))
     return readers
 
 
@@ -153,7 +154,7 @@ def set_adls_readers(storage, folder_key: str, object_ids: Iterable[str]) -> Non
     namespace; goes through the storage's DataLake client like ``--grant-read``."""
     from insights_link.storage.azure import _OBJECT_ID_RE, merge_acl
 
-    ids = [o.strip() for o in object_ids if o.strip()]
+    ids = list(dict.fromkeys(o.strip().lower() for o in object_ids if o.strip()))  # one entry each
     bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
     if bad:
         raise StorageError(f"--reader takes Entra object ids (GUIDs) on ADLS; not one: {', '.join(bad)}")
