@@ -122,7 +122,10 @@ TARGET_RSS_BYTES = 1_500_000_000  # 1.5 GB (decimal: the stricter reading)
 TARGET_RSS_GROWTH = 1.2  # peak RSS at 3M / at 1M
 TARGET_LINEAR_SLOPE = 1.2  # marginal cost per event, later segment / earlier segment
 TARGET_MP_VS_MEMORY = 1.0  # multi_processing wall / in_memory wall
-TARGET_INCREMENTAL = 1.2  # 100k into the 3M data source / 100k into an empty one
+TARGET_INCREMENTAL = 1.2
+# Targets from issue 14 (against the bare DuckDB script).
+TARGET_RATIO_BARE_3M = 0.4
+TARGET_CPU_VS_BARE = 2.5  # 100k into the 3M data source / 100k into an empty one
 
 # -- pure bookkeeping ----------------------------------------------------------------------------
 
@@ -362,6 +365,10 @@ def _engine(size: dict[str, Any], label: str) -> dict[str, Any] | None:
     return size["engines"].get(label)
 
 
+def _is_dask(label: str) -> bool:
+    return label.count("/") >= 1 and label.split("/")[1] in DASK_MODES
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 4's targets against the measured numbers: each with the measured value and met or not.
 
@@ -382,9 +389,44 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
+    bare = sizes.get(TARGET_RATIO_SIZE, {}).get("ratio_bare", {}).get("in_memory")
+    out.append(
+        _target(
+            "throughput vs bare DuckDB",
+            f">= {TARGET_RATIO}x the bare DuckDB script's events/s at 1M events, default options",
+            "not measured" if bare is None else f"{bare:.2f}x",
+            None if bare is None else bare >= TARGET_RATIO,
+        )
+    )
+    bare_3m = sizes.get(3_000_000, {}).get("ratio_bare", {}).get("in_memory")
+    out.append(
+        _target(
+            "throughput vs bare DuckDB at 3M",
+            f">= {TARGET_RATIO_BARE_3M}x the bare DuckDB script's events/s at 3M events",
+            "not measured" if bare_3m is None else f"{bare_3m:.2f}x",
+            None if bare_3m is None else bare_3m >= TARGET_RATIO_BARE_3M,
+        )
+    )
+    cpu = [
+        (n, ratio(s["engines"][memory_label].get("median_cpu_s"), s["engines"][BARE].get("median_cpu_s")))
+        for n, s in sorted(sizes.items())
+        if memory_label in s["engines"] and BARE in s["engines"]
+    ]
+    cpu = [(n, v) for n, v in cpu if v is not None]
+    out.append(
+        _target(
+            "CPU per event",
+            f"CPU-s per event <= {TARGET_CPU_VS_BARE}x the bare DuckDB script's, default options",
+            ", ".join(f"{n / 1e6:g}M {v:.2f}x" for n, v in cpu) if cpu else "not measured",
+            all(v <= TARGET_CPU_VS_BARE for _, v in cpu) if cpu else None,
+        )
+    )
+
     peaks = []
     for n, size in sorted(sizes.items()):
         for label, summary in size["engines"].items():
+            if _is_dask(label):  # a long-lived cluster's processes: reported, not the target's
+                continue
             if label.startswith(OURS) and peak_memory_kb(summary) is not None:
                 peaks.append((peak_memory_kb(summary), n, label))
     if peaks:
@@ -402,7 +444,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     if 1_000_000 in sizes and 3_000_000 in sizes:
         for label in sizes[3_000_000]["engines"]:
-            if not label.startswith(OURS):
+            if not label.startswith(OURS) or _is_dask(label):
                 continue
             small = sizes[1_000_000]["engines"].get(label)
             big = sizes[3_000_000]["engines"].get(label)
