@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient
 
 from conftest import event, run_cli
 from faults.lake_checks import committed_ids
-from test_watch import Watcher, _events, _lines
+from test_watch import Watcher, _events, _lines, _no_watcher_outlives_its_test  # noqa: F401
 
 pytestmark = pytest.mark.timeout(600)
 LEASE = {"INSIGHTS_LINK_LEASE_SECONDS": "15"}  # a killed watcher's lease lapses sooner

@@ -37,6 +37,7 @@ from insights_link.core.watching import (
     folder_of,
     ident,
     judge,
+    lag_seconds,
     observed,
     select_window,
     track,
@@ -51,7 +52,7 @@ from insights_link.pipeline.options import RunConfig, build_parser, parse_args
 from insights_link.pipeline.plan import fingerprint
 from insights_link.pipeline.run import Clock, _resolve_all, run, utc_now
 from insights_link.pipeline.spec import BY_DEST
-from insights_link.storage import PreconditionFailed, StorageError, open_storage
+from insights_link.storage import PreconditionFailed, Storage, StorageError, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -315,11 +316,11 @@ def _uncommitted(lake: Lake, files: list[InputFile], wanted: dict[Ident, tuple[s
 def _markers(files: list[InputFile]) -> dict[Ident, str]:
     """The ``_SUCCESS`` markers of the folders holding these files: folder -> its modified time."""
     markers: dict[Ident, str] = {}
-    storages: dict[str, object] = {}
+    storages: dict[str, Storage] = {}
     for folder in sorted({folder_of(f) for f in files}):
         root, key = folder
         storage = storages.get(root) or storages.setdefault(root, open_storage(root))
-        info = storage.info(join(key, MARKER_NAME))  # type: ignore[attr-defined]
+        info = storage.info(join(key, MARKER_NAME))
         if info is not None:
             markers[folder] = info.modified.isoformat()
     return markers
@@ -352,10 +353,8 @@ def _window_line(
 ) -> dict:
     """The one log record of a committed window."""
     processed = [i for i in report.get("inputs", []) if i.get("status") == "processed"]
-    committed = {(i["source"]) for i in processed}
+    committed = {i["source"] for i in processed}
     later = [f for f in poll.ready if f.source not in committed] + poll.changing
-    from insights_link.core.watching import lag_seconds
-
     return {
         "event": "window",
         "window": number,
