@@ -807,3 +807,36 @@ def test_metadata_of_the_wrong_shape_and_partitions_of_another_schema(tmp_path, 
     (parts / "b.parquet").unlink()
     code, _, err = cli([*argv, "--attribute", "Visits"], capsys)
     assert code == 2 and "c.parquet can't be read" in err and "Visits" in err and "UTF-8" not in err
+
+
+def test_delta_sources_with_deletion_vectors_and_column_mapping(tmp_path):
+    """Rows a deletion vector removed stay removed, and a column-mapped table's columns keep
+    their values (its physical column names differ from the logical ones)."""
+    from deltalake import write_deltalake
+
+    rows = pa.table({"WebUserId": ["u1", "u2", "u3"], "Tier": ["a", "b", "c"]})
+    mapped, deleted = tmp_path / "mapped", tmp_path / "deleted"
+    mapping = {
+        "delta.columnMapping.mode": "name",
+        "delta.minReaderVersion": "2",
+        "delta.minWriterVersion": "5",
+    }
+    write_deltalake(str(mapped), rows, configuration=mapping)
+    write_deltalake(str(deleted), rows, configuration={"delta.enableDeletionVectors": "true"})
+    DeltaTable(str(deleted)).delete("WebUserId = 'u2'")
+    for source, want in ((mapped, rows), (deleted, rows.filter(pa.array([True, False, True])))):
+        lake = tmp_path / f"lake_{source.name}"
+        argv = [
+            "--profiles",
+            str(source),
+            "--output",
+            str(lake),
+            "--user-key",
+            "WebUserId",
+            "--attribute",
+            "Tier",
+        ]
+        proc = run_cli("share-profiles", *argv)
+        assert proc.returncode == 0, proc.stderr
+        (written,) = (lake / DS / "CustomerDimensions").rglob("*.parquet")
+        assert sorted(pq.read_table(written).to_pylist(), key=str) == sorted(want.to_pylist(), key=str)

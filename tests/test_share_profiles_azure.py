@@ -91,6 +91,21 @@ def test_share_from_and_to_abfss(azure_lake, fmt):
     assert {m["Segment"] for m in members} == {"HighValue", "SpringSaleResponders"}
     report = json.loads(open_storage(azure_lake).read_bytes(f"{DS}/_runs/a2.json"))
     assert report["status"] == "committed" and report["files_replaced"] == 2
+    if fmt == "delta":  # a Delta table on abfss:// as the profile source (read by deltalake's engine)
+        table = f"{azure_lake}/{DS}/CustomerDimensions"
+        argv = [
+            "--profiles",
+            table,
+            "--output",
+            azure_lake,
+            "--data-source",
+            "Again",
+            "--user-key",
+            "WebUserId",
+        ]
+        proc = run_cli("share-profiles", *argv, "--attribute", "LoyaltyTier", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["tables"]["CustomerDimensions"]["rows"] == 39
 
 
 @pytest.mark.azurite

@@ -71,13 +71,28 @@ class SourceTable:
         """The rows of ``columns`` (attribute names), each with its metadata type."""
         schema = pa.schema([pa.field(n, self.attributes[n].arrow_type) for n in columns])
         if self.delta_key is not None:
-            from deltalake import DeltaTable
-
-            uri, options = self.storage.external(self.delta_key)
-            table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=columns)
-            return table.select(columns).cast(schema)
+            return self._read_delta(schema)
         pieces = [self._read_partition(p, schema) for p in self.partitions]
         return pa.concat_tables(pieces) if pieces else schema.empty_table()
+
+    def _read_delta(self, schema: pa.Schema) -> pa.Table:
+        """The Delta table's current rows through deltalake's query engine, which applies
+        deletion vectors and column mapping (renamed columns); its plain Arrow reader does
+        neither (rows deleted by a deletion vector came back, mapped columns came back null)."""
+        from deltalake import DeltaTable, QueryBuilder
+
+        assert self.delta_key is not None
+        uri, options = self.storage.external(self.delta_key)
+        shown = self.storage.describe(self.delta_key)
+        select = ", ".join('"' + name.replace('"', '""') + '"' for name in schema.names)
+        try:
+            table = DeltaTable(uri, storage_options=options)
+            query = QueryBuilder().register("profiles", table).execute(f"SELECT {select} FROM profiles")
+            rows = pa.table(query.read_all())
+        except Exception as exc:  # noqa: BLE001 - deltalake's engine raises plain Exception too
+            detail = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+            raise ProfileSourceError(f"the Delta table {shown} can't be read: {detail}") from None
+        return pa.table([_converted(rows[f.name], f, shown, 1) for f in schema], schema=schema)
 
     def _read_partition(self, part: Partition, schema: pa.Schema) -> pa.Table:
         data = self._bytes(part.key)
