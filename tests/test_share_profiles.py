@@ -587,7 +587,16 @@ def test_metadata_never_makes_it_read_outside_the_folder(tmp_path, capsys):
     doc["entities"][0]["entityPath"] = "../outside.cdm.json/Customer"
     (tmp_path / "outside.cdm.json").write_text((manifest / "Customer.cdm.json").read_text())
     (manifest / "ci.manifest.cdm.json").write_text(json.dumps(doc))
-    for source, attrs in ((relative, ["Tier"]), (url, ["Tier"]), (link, ["Tier"]), (manifest, ["Tier"])):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.csv").symlink_to(secret)  # a plain folder's file linking out: not even its header is read
+    for source, attrs in (
+        (relative, ["Tier"]),
+        (url, ["Tier"]),
+        (link, ["Tier"]),
+        (manifest, ["Tier"]),
+        (plain, ["Tier"]),
+    ):
         code, _, err = cli(
             share_args(tmp_path / "lake", profiles=source, attrs=attrs, segments=False), capsys
         )

@@ -66,6 +66,8 @@ class SourceTable:
     attributes: dict[str, Attribute]
     partitions: list[Partition] = field(default_factory=list)
     delta_key: str | None = None
+    #: False for one file named explicitly (it may be a link); True: reads stay in the folder
+    confined: bool = True
 
     def read(self, columns: list[str]) -> pa.Table:
         """The rows of ``columns`` (attribute names), each with its metadata type."""
@@ -129,7 +131,8 @@ class SourceTable:
         return pa.table([_converted(table[f.name], f, shown, first_row) for f in schema], schema=schema)
 
     def _bytes(self, key: str) -> bytes:
-        _inside(self.storage, key, self.location)
+        if self.confined:
+            _inside(self.storage, key, self.location)
         try:
             return self.storage.read_bytes(key)
         except (OSError, StorageError) as exc:
@@ -213,7 +216,7 @@ def open_source(path: str, entity: str | None = None, what: str = "--profiles") 
         storage = _storage(parent or ".", what, path)
         if not storage.exists(name):
             raise ProfileSourceError(f"{what} {path!r}: no such file")
-        return _plain(storage, path, [name], what)
+        return _plain(storage, path, [name], what, confined=False)
     storage = _storage(path, what, path)
     try:
         keys = [o.key for o in storage.list("")]
@@ -474,11 +477,14 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def _plain(storage: Storage, path: str, keys: list[str], what: str) -> SourceTable:
+def _plain(storage: Storage, path: str, keys: list[str], what: str, confined: bool = True) -> SourceTable:
     kinds = {"parquet" if k.lower().endswith(".parquet") else "csv" for k in keys}
     if len(kinds) > 1:
         raise ProfileSourceError(f"{what} {path!r} mixes CSV and Parquet files; give one kind")
     kind = kinds.pop()
+    if confined:
+        for key in keys:
+            _inside(storage, key, f"{what} {path}")
     first = storage.read_bytes(keys[0])
     try:
         if kind == "parquet":
@@ -489,7 +495,7 @@ def _plain(storage: Storage, path: str, keys: list[str], what: str) -> SourceTab
         raise ProfileSourceError(f"{what} {path!r}: {keys[0]} can't be read: {exc}") from None
     attributes = {f.name: Attribute(f.name, _plain_type(f.type)) for f in schema}
     partitions = [Partition(k, kind) for k in sorted(keys)]
-    return SourceTable(path, kind, _stem(path), storage, attributes, partitions)
+    return SourceTable(path, kind, _stem(path), storage, attributes, partitions, confined=confined)
 
 
 def _stem(path: str) -> str:
