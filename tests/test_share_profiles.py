@@ -643,7 +643,7 @@ def test_csv_quirks_and_timestamps_read_as_utc(tmp_path):
         "u2,Silver,,2024-01-01 10:00:00\r\n"
         "u3,Bronze,2,2024-01-01T10:00:00+05:30\r\n"
     )
-    source = write_model_source(tmp_path / "q", TYPED, {"p.csv": text.encode(), "q.csv": b""})
+    source = write_model_source(tmp_path / "q", TYPED, {"p.csv": text.encode(), "q.csv": b""}, header="false")
     outputs = []
     for zone in ("Pacific/Kiritimati", "America/St_Johns"):
         lake = tmp_path / zone.replace("/", "_")

@@ -449,7 +449,7 @@ def _from_model(storage: Storage, path: str, entity: str | None, what: str) -> S
             Partition(
                 _existing(storage, location, what, path),
                 kind,
-                bool(settings.get("columnHeaders", False)),
+                str(settings.get("columnHeaders", False)).strip().lower() in ("true", "1"),  # "false" too
                 str(settings.get("delimiter", ",") or ","),
             )
         )
