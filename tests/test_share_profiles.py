@@ -849,3 +849,12 @@ def test_delta_sources_with_deletion_vectors_and_column_mapping(tmp_path):
         assert proc.returncode == 0, proc.stderr
         (written,) = (lake / DS / "CustomerDimensions").rglob("*.parquet")
         assert sorted(pq.read_table(written).to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+
+
+def test_text_of_any_arrow_string_type_converts_alike():
+    """Delta's engine may hand text over as string_view or large_string: trimmed, blank = null."""
+    from insights_link.profiles.source import _converted
+
+    for kind in (pa.string(), pa.large_string(), pa.string_view()):
+        column = pa.chunked_array([pa.array([" 1 ", "", None, "2"], kind)])
+        assert _converted(column, pa.field("N", pa.int64()), "f", 1).to_pylist() == [1, None, None, 2]

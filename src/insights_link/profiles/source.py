@@ -153,8 +153,10 @@ def _converted(column: pa.ChunkedArray, target: pa.Field, shown: str, first_row:
     values = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if values.type == kind:
         return pa.chunked_array([values], kind)
+    if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
+        values = values.cast(pa.string())  # one text type to trim, match and report
     prepared = values
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+    if pa.types.is_string(values.type):
         if not pa.types.is_string(kind):
             prepared = pc.utf8_trim_whitespace(values)
             prepared = pc.if_else(pc.equal(prepared, ""), pa.scalar(None, prepared.type), prepared)
