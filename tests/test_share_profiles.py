@@ -819,8 +819,9 @@ def test_metadata_of_the_wrong_shape_and_partitions_of_another_schema(tmp_path, 
 
 
 def test_delta_sources_with_deletion_vectors_and_column_mapping(tmp_path):
-    """Rows a deletion vector removed stay removed, and a column-mapped table's columns keep
-    their values (its physical column names differ from the logical ones)."""
+    """Rows a deletion vector removed stay removed, a column-mapped table's columns keep their
+    values (its physical column names differ from the logical ones), and a log pointing at a
+    file outside the table folder is refused."""
     from deltalake import write_deltalake
 
     rows = pa.table({"WebUserId": ["u1", "u2", "u3"], "Tier": ["a", "b", "c"]})
@@ -849,6 +850,21 @@ def test_delta_sources_with_deletion_vectors_and_column_mapping(tmp_path):
         assert proc.returncode == 0, proc.stderr
         (written,) = (lake / DS / "CustomerDimensions").rglob("*.parquet")
         assert sorted(pq.read_table(written).to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+    # a log whose add action names a file outside the table folder is refused, not read
+    escaping = tmp_path / "escaping"
+    write_deltalake(str(escaping), rows)
+    (data,) = escaping.glob("*.parquet")
+    data.rename(tmp_path / "outside.parquet")
+    log = escaping / "_delta_log" / "00000000000000000000.json"
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    for action in actions:
+        if "add" in action:
+            action["add"]["path"] = "../outside.parquet"
+    log.write_text("".join(json.dumps(a) + "\n" for a in actions))
+    argv = ["--profiles", str(escaping), "--output", str(tmp_path / "lake_x"), "--user-key", "WebUserId"]
+    proc = run_cli("share-profiles", *argv, "--attribute", "Tier")
+    assert proc.returncode == 2 and "outside its folder" in proc.stderr, proc.stderr
+    assert not (tmp_path / "lake_x" / DS / "_runs").exists()
 
 
 def test_text_of_any_arrow_string_type_converts_alike():

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -89,8 +90,16 @@ class SourceTable:
         select = ", ".join('"' + name.replace('"', '""') + '"' for name in schema.names)
         try:
             table = DeltaTable(uri, storage_options=options)
+            outside = [f for f in table.file_uris() if not _below(uri, f)]
+            if outside:  # a log naming ../x.parquet or another account: never read it
+                raise ProfileSourceError(
+                    f"the Delta table {shown} lists {len(outside)} data file(s) outside its folder "
+                    f"(e.g. {unquote(outside[0])}); refused"
+                )
             query = QueryBuilder().register("profiles", table).execute(f"SELECT {select} FROM profiles")
             rows = pa.table(query.read_all())
+        except ProfileSourceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - deltalake's engine raises plain Exception too
             detail = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
             raise ProfileSourceError(f"the Delta table {shown} can't be read: {detail}") from None
@@ -137,6 +146,18 @@ class SourceTable:
             return self.storage.read_bytes(key)
         except (OSError, StorageError) as exc:
             raise ProfileSourceError(f"{self.storage.describe(key)} can't be read: {exc}") from None
+
+
+def _below(root: str, uri: str) -> bool:
+    """Whether data file ``uri`` (as deltalake lists it, percent-encoded) lies below ``root``."""
+    if "://" not in root:
+        real = os.path.realpath(unquote(uri.removeprefix("file://")))
+        base = os.path.realpath(root)
+        return real.startswith(base.rstrip(os.sep) + os.sep)
+    scheme, _, rest = unquote(uri).partition("://")
+    base_scheme, _, base_rest = root.partition("://")
+    normal = posixpath.normpath(rest)
+    return scheme == base_scheme and normal.startswith(posixpath.normpath(base_rest).rstrip("/") + "/")
 
 
 #: a timestamp without an offset (taken as UTC) and fractions past microseconds (truncated)
