@@ -516,6 +516,12 @@ def test_manifest_with_partition_patterns_and_headerless_csv(tmp_path, capsys):
     ]
     got = duck().sql(f"select WebUserId, Spend, epoch(Since)::bigint from read_parquet({files!r})").fetchall()
     assert sorted(got) == [("u1", 10.5, 1704164645), ("u2", None, 1704063600)]
+    manifest["entities"][0]["dataPartitionPatterns"] = [
+        {"rootLocation": "Customer", "regularExpression": "["}
+    ]
+    (folder / "x.manifest.cdm.json").write_text(json.dumps(manifest))
+    code, _, err = cli([*args, "--attribute", "Spend"], capsys)
+    assert code == 2 and "is not a valid regular expression" in err
 
 
 def test_an_export_data_source_is_refused(tmp_path, capsys):

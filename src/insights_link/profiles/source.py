@@ -389,7 +389,13 @@ def _pattern_partitions(storage: Storage, patterns: list, what: str, path: str) 
             glob = str(pattern["globPattern"]).lstrip("/")
             regex = glob_regex(glob if glob.startswith("**/") or "/" in glob else "**/" + glob)
         else:
-            regex = re.compile(str(pattern.get("regularExpression", ".*")).lstrip("/"))
+            try:
+                regex = re.compile(str(pattern.get("regularExpression", ".*")).lstrip("/"))
+            except re.error as exc:
+                raise ProfileSourceError(
+                    f"{what} {path!r}: partition pattern {pattern.get('regularExpression')!r} is not "
+                    f"a valid regular expression ({exc})"
+                ) from None
         for obj in storage.list(root):
             relative = obj.key[len(root) + 1 :] if root else obj.key
             if regex.fullmatch(relative):
