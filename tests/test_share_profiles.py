@@ -803,6 +803,12 @@ def test_metadata_of_the_wrong_shape_and_partitions_of_another_schema(tmp_path, 
             (folder / "model.json").write_text(json.dumps(doc))
         code, _, err = cli(["share-profiles", "--profiles", str(folder), "--list-attributes"], capsys)
         assert code == 2 and "is not shaped like Customer Insights' metadata" in err, err
+    two = tmp_path / "two"
+    two.mkdir()
+    entities = [{"name": n, "attributes": [{"name": "CustomerId"}]} for n in ("A", "B")]
+    (two / "model.json").write_text(json.dumps({"entities": entities}))
+    code, _, err = cli(share_args(tmp_path / "lake", "--segments", str(two), segments=False), capsys)
+    assert code == 2 and "holds several entities (A, B); give one segment's folder" in err, err
     parts = tmp_path / "parts"
     parts.mkdir()
     pq.write_table(pa.table({"WebUserId": ["u1"], "Visits": pa.array([1], pa.int32())}), parts / "a.parquet")

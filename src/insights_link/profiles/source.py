@@ -298,7 +298,8 @@ def _pick(names: list[str], entity: str | None, what: str, path: str) -> str:
     if "Customer" in names:
         return "Customer"
     raise ProfileSourceError(
-        f"{what} {path!r} holds several entities ({', '.join(names)}); name one with --profiles-entity"
+        f"{what} {path!r} holds several entities ({', '.join(names)}); "
+        + ("name one with --profiles-entity" if what == "--profiles" else "give one segment's folder")
     )
 
 
