@@ -446,3 +446,70 @@ def test_two_hundred_windows_keep_memory_flat(tmp_path):
     half = MEMORY_WINDOWS // 2
     assert max(rss[half:]) - rss[half] < 30, rss[::20]
     assert len(committed_ids(str(lake))) == MEMORY_WINDOWS
+
+
+def _paused_watcher(tmp_path: Path, at: str, *args: str) -> tuple[Watcher, Path]:
+    """A watcher that stops at the checkpoint ``at`` (its pause file exists) until released."""
+    pause = tmp_path / "pause"
+    w = Watcher(*args, env={"INSIGHTS_LINK_PAUSE_AT": at, "INSIGHTS_LINK_PAUSE_FILE": str(pause)})
+    deadline = time.monotonic() + 120
+    while not pause.exists():
+        assert w.proc.poll() is None and time.monotonic() < deadline, "".join(w.stderr)
+        time.sleep(0.05)
+    return w, pause
+
+
+def test_a_signal_after_the_window_committed_says_it_committed(tmp_path):
+    """SIGTERM after a window's run returned but before the watcher blocked signals: exit 143
+    (a signal inside a window, as in guarantees.md), and the line says the window committed."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    write_jsonl(landing / "a.jsonl", _events("a", 3))
+    w, pause = _paused_watcher(
+        tmp_path, "watch_window_ran", "--input", str(landing), "--output", str(lake), "--interval", "0.1",
+        "--run-id", "sig",
+    )  # fmt: skip
+    w.proc.send_signal(signal.SIGTERM)
+    rc, _ = w.finish()
+    pause.unlink(missing_ok=True)
+    assert rc == 143, "".join(w.stderr)
+    assert "interrupted by SIGTERM: window sig-w0001: it had already committed" in w.stderr[-1], w.stderr
+    assert "nothing committed" not in "".join(w.stderr)
+    assert committed_ids(str(lake)) == ["a0", "a1", "a2"]
+    assert [r["status"] for r in run_reports(lake / DS)] == ["committed"]
+    assert _lock_free(lake)
+
+
+def test_a_file_changed_after_it_was_chosen_waits_without_an_empty_commit(tmp_path):
+    """A file rewritten between being chosen and its window's run: no empty window is committed;
+    the file is committed in its new form by a later window."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    target = landing / "a.jsonl"
+    write_jsonl(target, _events("old", 2))
+    w, pause = _paused_watcher(
+        tmp_path, "watch_window_chosen", "--input", str(landing), "--output", str(lake),
+        "--interval", "0.2", "--max-windows", "1",
+    )  # fmt: skip
+    write_jsonl(target, _events("new", 3))
+    pause.unlink()
+    # each later choice pauses again: release every pause until the window is committed
+    done = threading.Event()
+
+    def release() -> None:
+        while not done.is_set():
+            pause.unlink(missing_ok=True)
+            time.sleep(0.05)
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    try:
+        window = w.window()
+        rc, _ = w.finish()
+    finally:
+        done.set()
+        releaser.join(timeout=10)
+    assert rc == 0, "".join(w.stderr)
+    assert (window["files"], window["written"]) == (1, 3)
+    assert any("wait for a later window" in e.get("message", "") for e in w.seen)
+    reports = run_reports(lake / DS)
+    assert [len(r["inputs"]) for r in reports] == [1]  # no empty run report
+    assert committed_ids(str(lake)) == ["new0", "new1", "new2"]

@@ -83,3 +83,42 @@ def test_sigkill_mid_window_on_azure_then_restart_converges(azure_lake):
     assert restarted.returncode == 0, restarted.stderr
     assert json.loads(restarted.stdout.splitlines()[-1])["windows"] == 1
     assert committed_ids(azure_lake) == sorted(f"f{n}_{i}" for n in range(2) for i in range(5))
+
+
+def test_watcher_survives_a_storage_outage_between_windows(azurite, azure_lake):
+    """Azurite goes away between windows: each failed poll is a warning and is retried with a
+    growing delay; once storage answers again the watcher commits what arrived, exactly once."""
+    container = _container(azure_lake)
+    container.upload_blob("landing/a.jsonl", _lines(_events("a", 3)))
+    w = Watcher(
+        *["--input", _landing(azure_lake), "--output", azure_lake, "--interval", "0.3", "--run-id", "out"],
+        env={"INSIGHTS_LINK_AZURE_RETRIES": "0"},
+    )
+    assert w.window()["written"] == 3
+    azurite.stop()
+    try:
+        failed = w.wait_for(lambda e: e.get("level") == "WARNING" and "retrying in" in e.get("message", ""))
+        w.wait_for(lambda e: "retrying in" in e.get("message", "") and "attempt 2" in e["message"])
+    finally:
+        azurite.start()
+    assert "poll failed (attempt 1" in failed["message"]
+    _container(azure_lake).upload_blob("landing/b.jsonl", _lines(_events("b", 2)))
+    assert w.window()["written"] == 2
+    code, out = w.stop()
+    assert code == 0 and out[-1]["windows"] == 2, "".join(w.stderr)
+    assert any("storage answers again" in e.get("message", "") for e in w.seen)
+    assert committed_ids(azure_lake) == ["a0", "a1", "a2", "b0", "b1"]
+
+
+def test_watcher_with_refused_credentials_ends_at_once_with_one_line(azure_lake):
+    """A permanent failure (a wrong account key) is not retried: one line, no traceback."""
+    bad = os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace("AccountKey=", "AccountKey=AAAA", 1)
+    done = run_cli(
+        *["export", "--watch", "--input", _landing(azure_lake), "--output", azure_lake, "--interval", "0.2"],
+        env={"AZURE_STORAGE_CONNECTION_STRING": bad},
+        timeout=120,
+    )
+    assert done.returncode in (1, 2), done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and "retrying in" not in done.stderr
+    assert lines[-1].startswith("insights-link: ") and "AccountKey=AAAA" not in done.stderr

@@ -316,6 +316,9 @@ def export(argv: list[str]) -> int:
             if getattr(exc, "committed", False)
             else "nothing committed; the next run cleans up"
         )
+        window = getattr(exc, "window", None)  # export --watch: name the window the signal met
+        if window:
+            settled = f"window {window}: " + ("it had already committed" if exc.committed else settled)
         return _failed(
             log_format,
             128 + signum,

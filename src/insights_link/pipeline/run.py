@@ -114,12 +114,19 @@ def run(
             _check_grant_read(lake)
         if config.dry_run:
             return _dry_run(config, options, lake, inputs, clock)
+        if select is not None and not any(inputs.files.values()):
+            raise EmptyWindow("every file it chose changed since")
         with lake.locked(config.lock_wait):
-            return _locked_run(config, options, lake, inputs, clock)
+            return _locked_run(config, options, lake, inputs, clock, window=select is not None)
     except LakeBusy as exc:
         raise DataSourceBusy(str(exc)) from exc
     except (StorageError, OSError) as exc:
         raise RunFailed(str(exc)) from exc
+
+
+class EmptyWindow(Exception):
+    """A window of ``export --watch`` found none of its files as chosen (changed since, or
+    committed by another run meanwhile): nothing is written, the files wait for a later window."""
 
 
 @dataclass(frozen=True)
@@ -244,13 +251,20 @@ def _plan(config: RunConfig, lake: Lake, files_by_activity: dict[str, list[Input
 
 
 def _locked_run(
-    config: RunConfig, options: PipelineOptions, lake: Lake, inputs: Inputs, clock: Clock
+    config: RunConfig,
+    options: PipelineOptions,
+    lake: Lake,
+    inputs: Inputs,
+    clock: Clock,
+    window: bool = False,
 ) -> dict:
     _check_run_id(config, lake)
     lake.recover()
     lake.sweep_abandoned()
     plan = _plan(config, lake, inputs.files, cache=True)
     state, columns, all_files, work, specs = plan.state, plan.columns, plan.all_files, plan.work, plan.specs
+    if window and not work:  # another run committed the window's files meanwhile: no empty commit
+        raise EmptyWindow("another run committed its files meanwhile")
     report = _report_head(config, lake, plan, "running", clock) | {"warnings": list(inputs.warnings)}
     settle_replays(lake, clock)  # the resolutions of a replay that committed but died before writing them
     if config.replay:

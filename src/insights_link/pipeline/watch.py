@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from insights_link.checkpoints import checkpoint
 from insights_link.core.blocks import InputFile
 from insights_link.core.paths import join
 from insights_link.core.watching import (
@@ -50,9 +51,9 @@ from insights_link.lake.layout import input_key
 from insights_link.pipeline.jobfile import JobFileError, load_job
 from insights_link.pipeline.options import RunConfig, build_parser, parse_args
 from insights_link.pipeline.plan import fingerprint
-from insights_link.pipeline.run import Clock, _resolve_all, run, utc_now
+from insights_link.pipeline.run import Clock, EmptyWindow, _resolve_all, run, utc_now
 from insights_link.pipeline.spec import BY_DEST
-from insights_link.storage import PreconditionFailed, Storage, StorageError, open_storage
+from insights_link.storage import CredentialsError, PreconditionFailed, Storage, StorageError, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ logger = logging.getLogger(__name__)
 WATCH_STATE = "watch.json"
 #: how often an idle watcher refreshes its record (lag, waiting files) at most
 RECORD_EVERY_SECONDS = 60.0
+#: how long storage may keep failing (polls and windows alike) before the watcher gives up
+RETRY_FOR_SECONDS = 900.0
+#: the longest pause between two attempts while storage fails
+RETRY_DELAY_MAX = 60.0
+ENV_RETRY_FOR = "INSIGHTS_LINK_WATCH_RETRY_SECONDS"
 WATCH_KEYS = ("watch", "interval", "max_window_files", "max_window_mb", "max_windows", "until_idle")
 
 
@@ -212,14 +218,20 @@ def watch(
         for s, h in interrupt_handlers.items():
             signal.signal(s, h)
 
+    outage = _Outage(settings.interval, monotonic)
     between_windows()
     try:
         while stop.signum is None:
-            files, wanted = _current_files(config)
-            poll_time = monotonic()
+            try:
+                files, wanted = _current_files(config)
+                poll_time = monotonic()
+                uncommitted = _uncommitted(lake, files, wanted)
+                markers = _markers([f for f in files if ident(f) in uncommitted])
+            except (RunFailed, StorageError, OSError) as exc:
+                _sleep(stop, outage.failed(exc, "poll"))
+                continue
+            outage.ended()
             tracked = track(files, tracked, poll_time)
-            uncommitted = _uncommitted(lake, files, wanted)
-            markers = _markers([f for f in files if ident(f) in uncommitted])
             poll = judge(files, uncommitted, tracked, markers, poll_time, settings.interval, clock())
             summary["polls"] += 1
             verdict = ({ident(f) for f in poll.ready}, {(ident(f), observed(f)) for f in poll.changing})
@@ -238,15 +250,33 @@ def watch(
                 number = _next_number(lake, base, number + 1)
                 run_id = window_run_id(base, number)
                 chosen = {ident(f): observed(f) for f in window}
+                checkpoint("watch_window_chosen", run_id=run_id)
                 in_window()
                 try:
                     report = run([*argv, "--run-id", run_id], clock, select=_only(chosen))
+                    checkpoint("watch_window_ran", run_id=run_id)
+                    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 except DataSourceBusy as exc:
                     logger.warning("window %s: %s; trying again at the next poll", run_id, exc)
                     between_windows()
                     _sleep(stop, settings.interval)
                     continue
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                except EmptyWindow as exc:
+                    logger.info("window %s: %s; they wait for a later window", run_id, exc)
+                    between_windows()
+                    continue  # nothing was written: the files are judged again at the next poll
+                except (RunFailed, StorageError, OSError) as exc:
+                    between_windows()
+                    _sleep(stop, outage.failed(exc, f"window {run_id}"))
+                    continue
+                except KeyboardInterrupt as exc:
+                    # A signal may land after the window's run returned and before signals are
+                    # held: the lake, not the exception's origin, says whether it committed.
+                    if getattr(exc, "committed", None) is None:
+                        exc.committed = _window_committed(lake, run_id)  # type: ignore[attr-defined]
+                    exc.window = run_id  # type: ignore[attr-defined]
+                    raise
+                outage.ended()
                 try:
                     between_windows()
                     line = _window_line(number, report, window, poll, chosen, clock)
@@ -286,6 +316,75 @@ def watch(
 
 def _sleep(stop: _Stop, seconds: float) -> None:
     stop.event.wait(seconds)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failure may pass by itself: a storage or OS error (also as the cause of a failed
+    run), but not missing or refused credentials, nor a damaged lake or a usage error."""
+    if isinstance(exc, RunFailed):
+        exc = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(exc, StorageError | OSError) and not isinstance(exc, CredentialsError)
+
+
+class _Outage:
+    """Transient storage failures of a long-running watcher: retried with a doubling delay (from
+    the interval up to :data:`RETRY_DELAY_MAX`), each logged as a warning, for at most
+    ``INSIGHTS_LINK_WATCH_RETRY_SECONDS`` (default :data:`RETRY_FOR_SECONDS`) in a row; then the
+    last failure ends the watcher. Anything else ends it at once."""
+
+    def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
+        self.interval = interval
+        self.monotonic = monotonic
+        self.since: float | None = None
+        self.attempts = 0
+        raw = os.environ.get(ENV_RETRY_FOR, "")
+        try:
+            self.limit = float(raw) if raw else RETRY_FOR_SECONDS
+        except ValueError:
+            raise UsageError(f"{ENV_RETRY_FOR}={raw!r} is not a number of seconds") from None
+        if not self.limit >= 0:
+            raise UsageError(f"{ENV_RETRY_FOR}={raw!r} must not be negative")
+
+    def failed(self, exc: Exception, what: str) -> float:
+        """Re-raise ``exc`` unless it is transient and the outage is still within its bound;
+        otherwise the seconds to wait before the next attempt."""
+        now = self.monotonic()
+        self.since = now if self.since is None else self.since
+        self.attempts += 1
+        lasted = now - self.since
+        if not _transient(exc):
+            raise exc
+        if lasted >= self.limit:
+            raise RunFailed(f"{exc} (storage kept failing for {lasted:.0f} s; gave up)") from exc
+        delay = min(max(self.interval, 0.5) * 2 ** min(self.attempts - 1, 16), RETRY_DELAY_MAX)
+        delay = min(delay, max(self.limit - lasted, 0.0) + 0.01)
+        logger.warning(
+            "%s failed (attempt %d, failing for %.0f s): %s; retrying in %.1f s",
+            what,
+            self.attempts,
+            lasted,
+            exc,
+            delay,
+        )
+        return delay
+
+    def ended(self) -> None:
+        if self.since is not None:
+            logger.warning(
+                "storage answers again after %d failed attempt(s) in %.0f s",
+                self.attempts,
+                self.monotonic() - self.since,
+            )
+        self.since, self.attempts = None, 0
+
+
+def _window_committed(lake: Lake, run_id: str) -> bool:
+    """Whether the window's run report says it committed (read after a signal)."""
+    try:
+        data = lake.storage.read_bytes(lake.key("_runs", f"{run_id}.json"))
+        return json.loads(data).get("status") == "committed"
+    except (StorageError, OSError, ValueError, AttributeError):
+        return False
 
 
 def _current_files(config: RunConfig) -> tuple[list[InputFile], dict[Ident, tuple[str, ...]]]:
