@@ -24,6 +24,7 @@ from insights_link.core.watching import (
     lag_seconds,
     select_window,
     track,
+    waiting_since,
     window_run_id,
 )
 
@@ -101,6 +102,22 @@ def test_lag_is_the_age_of_the_oldest_waiting_file():
     assert lag_seconds(files, now) == 60.0
     assert lag_seconds([], now) == 0.0
     assert lag_seconds([_file("c", modified="2026-01-01T00:02:00+00:00")], now) == 0.0
+
+
+def test_the_lag_of_a_file_that_never_stops_changing_grows():
+    """A file appended to at every poll keeps a fresh modification time; its lag still counts
+    from when the watcher first found it waiting, and keeps counting across its changes."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    since: dict = {}
+    lags = []
+    for minute in range(4):
+        now = t0 + timedelta(minutes=minute)
+        f = _file("g", size=10 + minute, modified=(now - timedelta(seconds=1)).isoformat())
+        since = waiting_since([("/", "g")], since, now)
+        tracked = track([f], {}, 0.0)
+        lags.append(judge([f], {("/", "g")}, tracked, {}, 0.0, 1.0, now, since).lag_seconds)
+    assert lags == [1.0, 60.0, 120.0, 180.0]
+    assert waiting_since([], since, t0) == {}  # committed or gone: forgotten
 
 
 def test_a_poll_is_idle_only_when_nothing_waits():
@@ -513,3 +530,24 @@ def test_a_file_changed_after_it_was_chosen_waits_without_an_empty_commit(tmp_pa
     reports = run_reports(lake / DS)
     assert [len(r["inputs"]) for r in reports] == [1]  # no empty run report
     assert committed_ids(str(lake)) == ["new0", "new1", "new2"]
+
+
+def test_two_watchers_at_once_commit_each_file_once_and_no_empty_window(tmp_path):
+    """Two watchers over the same folder and data source choose the same files: the lock and
+    the committed-inputs record keep every record once, and the one that loses a race writes
+    nothing (no run report without a processed file)."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    for n in range(4):
+        write_jsonl(landing / f"f{n}.jsonl", _events(f"f{n}_", 2))
+    common = ["--input", str(landing), "--output", str(lake), "--interval", "0.2", "--max-window-files", "1"]
+    one, two = (
+        Watcher(*common, "--until-idle", "--run-id", "one"),
+        Watcher(*common, "--until-idle", "--run-id", "two"),
+    )
+    assert one.finish()[0] == 0, "".join(one.stderr)
+    assert two.finish()[0] == 0, "".join(two.stderr)
+    reports = run_reports(lake / DS)
+    assert all(any(i["status"] == "processed" for i in r["inputs"]) for r in reports), reports
+    assert sum(len([i for i in r["inputs"] if i["status"] == "processed"]) for r in reports) == 4
+    ids = committed_ids(str(lake))
+    assert sorted(ids) == sorted(set(ids)) == sorted(f"f{n}_{i}" for n in range(4) for i in range(2))

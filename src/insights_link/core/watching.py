@@ -103,11 +103,29 @@ def select_window(candidates: Sequence[InputFile], max_files: int, max_bytes: in
     return window
 
 
-def lag_seconds(waiting: Iterable[InputFile], now: datetime) -> float:
-    """The export's lag: the age of the oldest file not yet committed (by its modification
-    time), 0 when nothing waits. Never negative (a storage clock ahead of ours)."""
-    oldest = min((_instant(f.modified) for f in waiting), default=None)
+def lag_seconds(
+    waiting: Iterable[InputFile], now: datetime, since: Mapping[Ident, datetime] | None = None
+) -> float:
+    """The export's lag: the age of the oldest file not yet committed, 0 when nothing waits.
+    A file's age counts from its modification time, or from when the watcher first found it
+    waiting (``since``) if that is earlier: a file that never stops changing keeps a fresh
+    modification time, yet its lag must grow. Never negative (a storage clock ahead of ours)."""
+    since = since or {}
+
+    def start(f: InputFile) -> datetime:
+        found = since.get(ident(f))
+        return _instant(f.modified) if found is None else min(found, _instant(f.modified))
+
+    oldest = min((start(f) for f in waiting), default=None)
     return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+
+def waiting_since(
+    uncommitted: Iterable[Ident], previous: Mapping[Ident, datetime], now: datetime
+) -> dict[Ident, datetime]:
+    """When the watcher first found each uncommitted file waiting (kept across its changes);
+    files committed or gone are forgotten."""
+    return {key: previous.get(key, now) for key in uncommitted}
 
 
 def window_run_id(base: str, number: int) -> str:
@@ -137,13 +155,14 @@ def judge(
     now: float,
     interval: float,
     wall_now: datetime,
+    since: Mapping[Ident, datetime] | None = None,
 ) -> Poll:
     """One poll's verdict over the files found now: ``uncommitted`` are the places whose file
     (as found now) some activity has not committed yet; ``now`` is the monotonic time of the
-    poll, ``wall_now`` its UTC time (for the lag)."""
+    poll, ``wall_now`` its UTC time and ``since`` :func:`waiting_since` (for the lag)."""
     todo = set(uncommitted)
     waiting = [f for f in current if ident(f) in todo]
     ready = complete_files(waiting, tracked, now, interval, markers)
     done = {ident(f) for f in ready}
     changing = [f for f in waiting if ident(f) not in done]
-    return Poll(ready, changing, lag_seconds(waiting, wall_now))
+    return Poll(ready, changing, lag_seconds(waiting, wall_now, since))

@@ -42,6 +42,7 @@ from insights_link.core.watching import (
     observed,
     select_window,
     track,
+    waiting_since,
     window_run_id,
 )
 from insights_link.errors import DataSourceBusy, Interrupted, RunFailed, UsageError
@@ -182,6 +183,7 @@ def watch(
     stop = _Stop()
     interrupt_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     tracked: dict[Ident, Tracked] = {}
+    pending: dict[Ident, datetime] = {}  # when each uncommitted file was first found waiting
     summary: dict = {
         "status": "running",
         "base_run_id": base,
@@ -232,7 +234,9 @@ def watch(
                 continue
             outage.ended()
             tracked = track(files, tracked, poll_time)
-            poll = judge(files, uncommitted, tracked, markers, poll_time, settings.interval, clock())
+            now = clock()
+            pending = waiting_since(uncommitted, pending, now)
+            poll = judge(files, uncommitted, tracked, markers, poll_time, settings.interval, now, pending)
             summary["polls"] += 1
             verdict = ({ident(f) for f in poll.ready}, {(ident(f), observed(f)) for f in poll.changing})
             (logger.info if verdict != last_verdict else logger.debug)(
@@ -279,7 +283,7 @@ def watch(
                 outage.ended()
                 try:
                     between_windows()
-                    line = _window_line(number, report, window, poll, chosen, clock)
+                    line = _window_line(number, report, window, poll, chosen, clock, pending)
                     _log_window(line)
                     _add(summary, report)
                     _record(lake, summary, line, poll, clock)
@@ -448,7 +452,13 @@ def _next_number(lake: Lake, base: str, number: int) -> int:
 
 
 def _window_line(
-    number: int, report: dict, window: list[InputFile], poll: Poll, chosen: dict, clock: Clock
+    number: int,
+    report: dict,
+    window: list[InputFile],
+    poll: Poll,
+    chosen: dict,
+    clock: Clock,
+    pending: dict[Ident, datetime],
 ) -> dict:
     """The one log record of a committed window."""
     processed = [i for i in report.get("inputs", []) if i.get("status") == "processed"]
@@ -466,7 +476,7 @@ def _window_line(
         "rejected": sum(report.get("rejected", {}).values()),
         "duplicates": report.get("duplicates_dropped", 0),
         "lag_seconds": round(poll.lag_seconds, 3),
-        "lag_after_seconds": round(lag_seconds(later, clock()), 3),
+        "lag_after_seconds": round(lag_seconds(later, clock(), pending), 3),
         "waiting_files": len(later),
         "finished_at": report.get("finished_at"),
         "rss_mb": rss_mb(),
