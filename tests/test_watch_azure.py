@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -122,3 +123,39 @@ def test_watcher_with_refused_credentials_ends_at_once_with_one_line(azure_lake)
     lines = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr and "retrying in" not in done.stderr
     assert lines[-1].startswith("insights-link: ") and "AccountKey=AAAA" not in done.stderr
+
+
+def test_a_frozen_watcher_cannot_commit_after_another_took_over(azure_lake, tmp_path):
+    """kill -STOP a watcher inside its window (staged, before the commit point); its lease lapses,
+    a second watcher takes the lock and commits the files; the frozen one, woken, finds its lock
+    lost, commits nothing and carries on. Every record is committed once."""
+    container = _container(azure_lake)
+    container.upload_blob("landing/a.jsonl", _lines(_events("a", 3)))
+    common = ["--input", _landing(azure_lake), "--output", azure_lake, "--interval", "0.2"]
+    pause = tmp_path / "pause"
+    frozen = Watcher(
+        *common,
+        "--run-id",
+        "frozen",
+        env={"INSIGHTS_LINK_PAUSE_AT": "before_commit", "INSIGHTS_LINK_PAUSE_FILE": str(pause), **LEASE},
+    )
+    deadline = time.monotonic() + 120
+    while not pause.exists():
+        assert frozen.proc.poll() is None and time.monotonic() < deadline, "".join(frozen.stderr)
+        time.sleep(0.05)
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        other = run_cli(
+            *["export", "--watch", *common, "--until-idle", "--lock-wait", "120", "--run-id", "other"],
+            *["--log-format", "json"],
+            env=LEASE,
+        )
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        pause.unlink(missing_ok=True)
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout.splitlines()[-1])["windows"] == 1
+    frozen.wait_for(lambda e: "retrying in" in e.get("message", "") and "frozen-w0001" in e["message"])
+    code, out = frozen.stop()
+    assert code == 0 and out[-1]["windows"] == 0, "".join(frozen.stderr)
+    assert committed_ids(azure_lake) == ["a0", "a1", "a2"]

@@ -47,7 +47,7 @@ from insights_link.core.watching import (
 )
 from insights_link.errors import DataSourceBusy, Interrupted, RunFailed, UsageError
 from insights_link.lake import table_format
-from insights_link.lake.commit import Lake
+from insights_link.lake.commit import CommitLost, CommitUnknown, Lake
 from insights_link.lake.layout import input_key
 from insights_link.pipeline.jobfile import JobFileError, load_job
 from insights_link.pipeline.options import RunConfig, build_parser, parse_args
@@ -324,9 +324,13 @@ def _sleep(stop: _Stop, seconds: float) -> None:
 
 def _transient(exc: BaseException) -> bool:
     """Whether a failure may pass by itself: a storage or OS error (also as the cause of a failed
-    run), but not missing or refused credentials, nor a damaged lake or a usage error."""
+    run), or a window that lost its lock or could not tell whether its commit point passed (the
+    next window settles it), but not missing or refused credentials, nor a damaged lake or a
+    usage error."""
     if isinstance(exc, RunFailed):
         exc = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(exc, CommitLost | CommitUnknown):
+        return True
     return isinstance(exc, StorageError | OSError) and not isinstance(exc, CredentialsError)
 
 
