@@ -274,11 +274,14 @@ def test_watcher_commits_windows_of_complete_files_exactly_once(fmt, layout, tmp
             f.flush()
     fourth = w.window()
     assert (fourth["files"], fourth["records"], fourth["written"], fourth["rejected"]) == (1, 30, 30, 0)
-    code, out = w.stop()
+    stop_by = signal.SIGINT if layout == "incremental" else signal.SIGTERM  # both end it with 0
+    w.proc.send_signal(stop_by)
+    code, out = w.finish()
     assert code == 0
     summary = out[-1]
     windows = 3 + third["windows"]
     assert summary["status"] == "stopped" and summary["windows"] == windows
+    assert summary["signal"] == stop_by.name
     reports = {r["run_id"]: r for r in run_reports(lake / DS)}
     assert sorted(reports) == [f"watch1-w{n:04d}" for n in range(1, windows + 1)]
     assert all(r["status"] == "committed" for r in reports.values())
@@ -347,7 +350,8 @@ def test_a_success_marker_completes_a_folder_at_once(tmp_path):
 
 def test_other_commands_interleave_and_a_signal_between_windows_exits_0(tmp_path):
     """The lock is held per window: compact runs while the watcher lives, the next window
-    dedupes against the compacted file, and SIGINT between windows ends the watcher with 0."""
+    dedupes against the compacted file, and SIGHUP between windows ends the watcher with 0
+    (SIGINT and SIGTERM between windows: the first test)."""
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     write_jsonl(landing / "a.jsonl", _events("a", 3))
     write_jsonl(landing / "b.jsonl", _events("b", 3))
@@ -361,10 +365,10 @@ def test_other_commands_interleave_and_a_signal_between_windows_exits_0(tmp_path
     write_jsonl(landing / "c.jsonl", [*_events("c", 1), *_events("a", 1)])
     third = w.window()  # logged after the window settled: from here on it is between windows
     assert (third["written"], third["duplicates"]) == (1, 1)
-    w.proc.send_signal(signal.SIGINT)
+    w.proc.send_signal(signal.SIGHUP)  # a closed terminal: handled like SIGTERM, not a sudden death
     rc, out = w.finish()
     assert rc == 0, "".join(w.stderr)
-    assert out[-1]["status"] == "stopped" and out[-1]["signal"] == "SIGINT"
+    assert out[-1]["status"] == "stopped" and out[-1]["signal"] == "SIGHUP"
     assert _lock_free(lake)
     assert committed_ids(str(lake), settled=False) == ["a0", "a1", "a2", "b0", "b1", "b2", "c0"]
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from insights_link import lifecycle
 from insights_link.checkpoints import checkpoint
 from insights_link.core.blocks import InputFile
 from insights_link.core.paths import join
@@ -182,6 +183,9 @@ def watch(
     lake = Lake(open_storage(config.output), config.data_source, table_format(config.table_format))
     stop = _Stop()
     interrupt_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:  # a closed terminal stops it like SIGTERM
+        interrupt_handlers[signal.SIGHUP] = lifecycle.interrupt  # (ignored under nohup: left so)
+    previous_handlers = {s: signal.getsignal(s) for s in interrupt_handlers}
     tracked: dict[Ident, Tracked] = {}
     pending: dict[Ident, datetime] = {}  # when each uncommitted file was first found waiting
     summary: dict = {
@@ -259,7 +263,7 @@ def watch(
                 try:
                     report = run([*argv, "--run-id", run_id], clock, select=_only(chosen))
                     checkpoint("watch_window_ran", run_id=run_id)
-                    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(interrupt_handlers))
                 except DataSourceBusy as exc:
                     logger.warning("window %s: %s; trying again at the next poll", run_id, exc)
                     between_windows()
@@ -308,7 +312,7 @@ def watch(
         if stop.signum is None:
             raise
     finally:
-        for s, h in interrupt_handlers.items():
+        for s, h in previous_handlers.items():
             signal.signal(s, h)
     if stop.signum is not None:
         summary["status"] = "stopped"
