@@ -53,11 +53,11 @@ def lake_parser(prog: str, description: str) -> Parser:
     return parser
 
 
-def checked(args: argparse.Namespace) -> dict[str, Any]:
+def checked(args: argparse.Namespace, shared: tuple[str, ...] = SHARED) -> dict[str, Any]:
     """The shared options' values, checked like the export's (defaults filled in)."""
     values = {}
     try:
-        for dest in SHARED:
+        for dest in shared:
             o = BY_DEST[dest]
             raw = getattr(args, dest)
             values[dest] = o.convert(raw) if raw not in (None, False) else o.default

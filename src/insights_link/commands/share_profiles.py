@@ -10,7 +10,7 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insights_link.commands.common import Clock, Parser
+from insights_link.commands.common import Clock, Parser, checked
 from insights_link.core.contract import check_name
 from insights_link.core.paths import is_remote
 from insights_link.core.profiles import (
@@ -21,7 +21,7 @@ from insights_link.core.profiles import (
     identifier_reason,
 )
 from insights_link.errors import DataSourceBusy, GrantFailed, UsageError
-from insights_link.pipeline.spec import BY_DEST, OptionError
+from insights_link.pipeline.spec import BY_DEST
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shared(args: argparse.Namespace) -> dict:
-    values = {}
-    try:
-        for dest in SHARED:
-            o = BY_DEST[dest]
-            raw = getattr(args, dest)
-            values[dest] = o.convert(raw) if raw not in (None, False) else o.default
-    except OptionError as exc:
-        raise UsageError(str(exc)) from None
-    return values
-
-
 def list_attributes(source, user_key: str | None) -> tuple[dict, str]:
     rows = []
     for attribute in source.attributes.values():
@@ -162,7 +150,7 @@ def run(argv: list[str], clock: Clock) -> tuple[dict, str]:
     from insights_link.profiles.source import open_source
 
     args = build_parser().parse_args(argv)
-    shared = _shared(args)
+    shared = checked(args, SHARED)
     source = open_source(args.profiles, args.profiles_entity)
     if args.list_attributes:
         return list_attributes(source, args.user_key)

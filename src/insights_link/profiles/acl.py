@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from insights_link.errors import UsageError
-from insights_link.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -147,43 +146,6 @@ def _remove(path: str, name: str) -> None:
 
 
 def set_adls_readers(storage, folder_key: str, object_ids: Iterable[str]) -> None:
-    """Make ``folder_key`` (recursively) readable by its owner and the listed Entra object
-    ids only: its ACLs are replaced by ``user::rwx``, ``r-x`` for each id, nothing for the
-    owning group and others (the same as default ACLs, so later files inherit them); each
-    parent gets ``--x`` for the ids so they can traverse. No ids: owner only. Needs a hierarchical
-    namespace; goes through the storage's DataLake client like ``--grant-read``."""
-    from insights_link.storage.azure import _OBJECT_ID_RE, merge_acl
-
-    ids = list(dict.fromkeys(o.strip().lower() for o in object_ids if o.strip()))  # one entry each
-    bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
-    if bad:
-        raise StorageError(f"--reader takes Entra object ids (GUIDs) on ADLS; not one: {', '.join(bad)}")
-    if not storage.is_hns_enabled():
-        raise StorageError(
-            "--reader needs an account with a hierarchical namespace (ADLS Gen2); "
-            f"{storage.location.account} has none"
-        )
-    named = "".join(f",user:{oid}:r-x" for oid in ids)
-    mask = ",mask::r-x" if ids else ""
-    access = f"user::rwx,group::---,other::---{mask}{named}"
-    acl = access + "," + ",".join(f"default:{e}" for e in access.split(","))
-    fs = storage._datalake_file_system()
-    path = storage._name(folder_key)
-    with storage._azure_errors("set the readers of", folder_key):
-        directory = fs.get_directory_client(path or "/")
-        result = directory.set_access_control_recursive(acl=acl)
-        failures = result.counters.failure_count if result and result.counters else 0
-        if failures:
-            raise StorageError(
-                f"setting the readers of {storage.describe(folder_key)} failed for {failures} "
-                "paths; the identity may not own them; re-running is safe"
-            )
-        segments = path.split("/") if path else []
-        for depth in range(len(segments)):
-            parent = "/".join(segments[:depth]) or "/"
-            client = fs.get_directory_client(parent)
-            current = str(client.get_access_control().get("acl") or "")
-            merged = merge_acl(current, {oid: "--x" for oid in ids})
-            if merged != current:
-                client.set_access_control(acl=merged)
-    logger.info("readers of %s: %d identities", storage.describe(folder_key), len(ids))
+    """Make ``folder_key`` (recursively) readable by its owner and the listed Entra object ids
+    only (see ``AzureStorage.set_readers``): later files inherit it, parents get ``--x``."""
+    storage.set_readers(folder_key, object_ids)

@@ -107,6 +107,14 @@ _URL_FORMS = (
 )
 
 
+def _object_ids(ids: list[str], flag: str, where: str) -> list[str]:
+    """``ids`` if each is an Entra object id (a GUID); a :class:`StorageError` naming the others."""
+    bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
+    if bad:
+        raise StorageError(f"{flag} takes Entra object ids (GUIDs){where}; not one: {', '.join(bad)}")
+    return ids
+
+
 # LockBusy lives in storage.py so that callers catch one type for every backend.
 
 
@@ -1122,29 +1130,49 @@ class AzureStorage:
         Adds ``user:<oid>:r-x`` and ``default:user:<oid>:r-x`` recursively on the folder, and
         ``user:<oid>:--x`` on each parent up to the file system root so they can traverse.
         Needs a hierarchical namespace (ACLs do not exist otherwise)."""
-        ids = [o.strip() for o in object_ids if o.strip()]
-        bad = [o for o in ids if not _OBJECT_ID_RE.match(o)]
-        if bad:
-            raise StorageError(f"--grant-read takes Entra object ids (GUIDs); not one: {', '.join(bad)}")
+        ids = _object_ids([o.strip() for o in object_ids if o.strip()], "--grant-read", "")
         if not ids:
             return
+        acl = ",".join(f"user:{oid}:r-x,default:user:{oid}:r-x" for oid in ids)
+        self._apply_read_acl(folder_key, ids, acl, "--grant-read", replace=False)
+        logger.info("granted read on %s to %d identities", self.describe(folder_key), len(ids))
+
+    def set_readers(self, folder_key: str, object_ids: Iterable[str]) -> None:
+        """Make ``folder_key`` (recursively) readable by its owner and the listed Entra object ids
+        only: its ACLs are replaced by ``user::rwx``, ``r-x`` for each id and nothing for the owning
+        group and others, the same as default ACLs so later files inherit them; each parent gets
+        ``--x`` for the ids. No ids: owner only. Needs a hierarchical namespace."""
+        ids = list(dict.fromkeys(o.strip().lower() for o in object_ids if o.strip()))  # one entry each
+        ids = _object_ids(ids, "--reader", " on ADLS")
+        named = "".join(f",user:{oid}:r-x" for oid in ids)
+        mask = ",mask::r-x" if ids else ""
+        access = f"user::rwx,group::---,other::---{mask}{named}"
+        acl = access + "," + ",".join(f"default:{e}" for e in access.split(","))
+        self._apply_read_acl(folder_key, ids, acl, "--reader", replace=True)
+        logger.info("readers of %s: %d identities", self.describe(folder_key), len(ids))
+
+    def _apply_read_acl(self, folder_key: str, ids: list[str], acl: str, flag: str, replace: bool) -> None:
+        """Set (``replace``) or add ``acl`` recursively on ``folder_key`` and ``--x`` for ``ids`` on
+        each parent up to the file system root, so the ids can traverse to it."""
         if not self.is_hns_enabled():
             raise StorageError(
-                "--grant-read needs an account with a hierarchical namespace (ADLS Gen2); "
+                f"{flag} needs an account with a hierarchical namespace (ADLS Gen2); "
                 f"{self.location.account} has none"
             )
         fs = self._datalake_file_system()
         path = self._name(folder_key)
-        acl = ",".join(f"user:{oid}:r-x,default:user:{oid}:r-x" for oid in ids)
-        with self._azure_errors("grant read access on", folder_key):
+        verb = "set the readers of" if replace else "grant read access on"
+        with self._azure_errors(verb, folder_key):
             directory = fs.get_directory_client(path or "/")
-            result = directory.update_access_control_recursive(acl=acl)
+            if replace:
+                result = directory.set_access_control_recursive(acl=acl)
+            else:
+                result = directory.update_access_control_recursive(acl=acl)
             failures = result.counters.failure_count if result and result.counters else 0
             if failures:
                 raise StorageError(
-                    f"granting read access on {self.describe(folder_key)} failed for "
-                    f"{failures} paths; the identity may not own them (needs Storage Blob Data "
-                    "Owner or ownership); re-running is safe"
+                    f"{flag} on {self.describe(folder_key)} failed for {failures} paths; the identity "
+                    "may not own them (needs Storage Blob Data Owner or ownership); re-running is safe"
                 )
             segments = path.split("/") if path else []
             for depth in range(len(segments)):
@@ -1154,7 +1182,6 @@ class AzureStorage:
                 merged = merge_acl(current, {oid: "--x" for oid in ids})
                 if merged != current:
                     client.set_access_control(acl=merged)
-        logger.info("granted read on %s to %d identities", self.describe(folder_key), len(ids))
 
     # -- locking -----------------------------------------------------------------------------
 
