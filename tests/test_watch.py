@@ -555,3 +555,23 @@ def test_two_watchers_at_once_commit_each_file_once_and_no_empty_window(tmp_path
     assert sum(len([i for i in r["inputs"] if i["status"] == "processed"]) for r in reports) == 4
     ids = committed_ids(str(lake))
     assert sorted(ids) == sorted(set(ids)) == sorted(f"f{n}_{i}" for n in range(4) for i in range(2))
+
+
+def test_status_survives_a_damaged_watch_record(tmp_path):
+    """A hand-edited or damaged _state/watch.json: status warns and shows no watch, no traceback."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    write_jsonl(landing / "a.jsonl", _events("a", 1))
+    done = run_cli("export", "--input", str(landing), "--output", str(lake))
+    assert done.returncode == 0, done.stderr
+    (lake / DS / "_state").mkdir(exist_ok=True)
+    for record in (
+        {"lag_seconds": "x"},
+        {"lag_seconds": 1, "last_window": {"run_id": 3}},
+        {"lag_seconds": 1, "waiting_files": 0, "last_window": {"run_id": "r", "files": "two"}},
+        ["not", "a", "record"],
+    ):
+        (lake / DS / "_state" / "watch.json").write_text(json.dumps(record))
+        status = run_cli("status", "--lake", str(lake), "--json")
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+        assert "cannot read _state/watch.json" in status.stderr
+        assert json.loads(status.stdout)["data_sources"][0]["watch"] is None

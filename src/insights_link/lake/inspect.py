@@ -490,7 +490,32 @@ def watch_state(source: Source) -> dict[str, Any] | None:
     except (StorageError, OSError, ValueError) as exc:
         logger.warning("cannot read _state/watch.json: %s", exc)
         return None
-    return record if isinstance(record, dict) else None
+    if not _watch_record_ok(record):  # hand-edited or damaged: status must still run
+        logger.warning("cannot read _state/watch.json: not a record export --watch writes")
+        return None
+    return record
+
+
+def _watch_record_ok(record: Any) -> bool:
+    """Whether ``record`` has the fields (and types) status shows of a watch record."""
+    number = (int, float)
+    if not isinstance(record, dict):
+        return False
+    if not isinstance(record.get("lag_seconds", 0), number) or isinstance(record.get("lag_seconds"), bool):
+        return False
+    if not isinstance(record.get("waiting_files", 0), int):
+        return False
+    if not isinstance(record.get("polled_at", ""), str):
+        return False
+    last = record.get("last_window")
+    if last is None:
+        return True
+    counts = ("files", "records", "written", "rejected", "duplicates")
+    return (
+        isinstance(last, dict)
+        and isinstance(last.get("run_id"), str)
+        and all(isinstance(last.get(k), int) and not isinstance(last.get(k), bool) for k in counts)
+    )
 
 
 # -- verify ------------------------------------------------------------------------------------

@@ -255,7 +255,11 @@ def watch(
                 break
             if poll.ready:
                 window = select_window(poll.ready, settings.max_window_files, settings.max_window_bytes)
-                number = _next_number(lake, base, number + 1)
+                try:
+                    number = _next_number(lake, base, number + 1)
+                except (StorageError, OSError) as exc:
+                    _sleep(stop, outage.failed(exc, "poll"))
+                    continue
                 run_id = window_run_id(base, number)
                 chosen = {ident(f): observed(f) for f in window}
                 checkpoint("watch_window_chosen", run_id=run_id)
