@@ -443,7 +443,8 @@ def test_watch_options_are_checked(extra, text, tmp_path, capsys):
     assert not os.path.exists(lake)
 
 
-#: the issue asks for 200; each window costs about 0.4 s of Beam pipeline start on 2 idle cores
+#: the issue asks for 200; each window costs about 0.5 s on 2 idle cores (96 % of it building and
+#: running the window's Beam pipeline), several times that on a loaded machine
 MEMORY_WINDOWS = 200
 
 
