@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 
 from insights_link import lifecycle
@@ -135,6 +136,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _utc_text_formatter() -> logging.Formatter:
+    """Text log lines stamped in UTC (``2026-11-30T05:33:12.340Z``), whatever the host's zone."""
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
+    )
+    formatter.converter = time.gmtime
+    return formatter
+
+
 def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
     """Log lines to stderr; stdout is kept for the summary. Other libraries' chatter (Beam's
     start-up, the Azure SDK's credential probing) stays out unless ``--verbose`` (DEBUG)."""
@@ -142,7 +152,7 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_utc_text_formatter())
     if level > logging.DEBUG:
         handler.addFilter(_QuietDependencies())
     root = logging.getLogger()
