@@ -300,3 +300,18 @@ def test_duckdb_in_another_zone_reads_the_same_utc_instants(runs, session_zone):
         con.close()
     assert {t for _, t, _ in got} == {"TIMESTAMP WITH TIME ZONE"}
     assert {aid: utc for aid, _, utc in got} == {aid: t.replace(tzinfo=None) for aid, t in EXPECTED.items()}
+
+
+def test_log_lines_are_stamped_in_utc_whatever_the_host_zone(tmp_path):
+    """The text log's time stamps are UTC with a Z, also under a zone 14 hours ahead."""
+    code = (
+        "import logging, time; from datetime import UTC, datetime\n"
+        "from insights_link.cli import configure_logging\n"
+        "configure_logging('text'); before = datetime.now(UTC)\n"
+        "logging.getLogger('insights_link.x').info('hello')\n"
+        "print(before.strftime('%Y-%m-%dT%H'))\n"
+    )
+    env = {**os.environ, "TZ": "Pacific/Kiritimati"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    stamp = run.stderr.split(" INFO ")[0]
+    assert stamp.endswith("Z") and stamp.startswith(run.stdout.strip()), (stamp, run.stdout)
