@@ -222,3 +222,99 @@ def test_chunks_of_a_blob_are_ranged_reads_on_azurite(azure_lake):
         for pair in zip(block.positions, block.payloads, strict=True)
     ]
     assert got == whole and [p for p, _ in got] == list(range(1, 301))
+
+
+# -- attacks (issue 14 hardening): a file that changes between the split and the chunks' reads --
+
+
+def _split_then_read(f: InputFile, change) -> tuple[list, list, list]:
+    """Plan ``f``'s chunks with the real split step, ``change`` the file, then read every chunk
+    with the real read step: (chunks planned, (position, payload) records, unreadable markers)."""
+    from insights_link.pipeline.graph import ReadBlocksFn, SplitFileFn
+
+    elements = list(SplitFileFn(512).process((f, ("A",))))
+    change()
+    records, unreadable = [], []
+    for element in elements:
+        for block in ReadBlocksFn(5).process(element):
+            records.extend(zip(block.positions, block.payloads, strict=True))
+            if block.unreadable:
+                unreadable.append(block.unreadable)
+    return [e[2] for e in elements], records, unreadable
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(".new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+@pytest.mark.parametrize("how", ["rewritten", "shifted", "truncated", "appended"])
+def test_a_file_changed_after_its_split_never_gives_shifted_or_lost_lines_silently(tmp_path, how):
+    """Chunks planned on one version of a file and read from another gave records the wrong
+    line numbers and lost or repeated some, silently. Now each chunk's read is checked against
+    the version the run listed: every record read is the listed file's line at its position,
+    and a chunk that could not be read as listed is an unreadable-input error naming the change."""
+    path = write_jsonl(tmp_path / "big.jsonl", [event(f"id-{i}") for i in range(120)])
+    original = path.read_bytes()
+    by_line = dict(enumerate(original.split(b"\n"), start=1))
+    f = _file(path)
+    changes = {
+        "rewritten": lambda: _replace(path, original.replace(b"id-", b"ID-")),  # same size
+        "shifted": lambda: _replace(path, b"\n" * 3 + original[: len(original) - 3]),
+        "truncated": lambda: path.write_bytes(original[: len(original) // 2]),
+        "appended": lambda: path.open("ab").write(original[:200]),
+    }
+    chunks, records, unreadable = _split_then_read(f, changes[how])
+    assert len(chunks) > 5 and all(c is not None for c in chunks)
+    assert all(by_line[p] == payload for p, payload in records), "a record at another line's number"
+    assert len({p for p, _ in records}) == len(records)
+    if len(records) < 120:  # not all read as listed: said so, per chunk
+        assert unreadable and all("changed since it was listed" in d for _, d in unreadable)
+    if how != "appended":  # a rewrite always has a new inode or size: never read as if unchanged
+        assert unreadable and len(records) < 120
+
+
+def test_a_file_changed_before_its_split_is_read_whole(tmp_path):
+    """A file already changed when the split step reads it is not cut (the chunks would be
+    planned on bytes the run did not list): it is read whole, as an unchunked run reads it."""
+    from insights_link.pipeline.graph import SplitFileFn
+
+    path = write_jsonl(tmp_path / "big.jsonl", [event(f"id-{i}") for i in range(120)])
+    f = _file(path)
+    _replace(path, path.read_bytes())
+    assert [e[2] for e in SplitFileFn(512).process((f, ("A",)))] == [None]
+
+
+@pytest.mark.azurite
+def test_a_blob_rewritten_after_its_split_is_a_clear_error_on_azurite(azure_lake):
+    """On Azure the chunks' ranged downloads are conditional on the listed ETag (If-Match)."""
+    data = b"".join(json.dumps(event(f"id-{i}")).encode() + b"\n" for i in range(120))
+    storage = open_storage(azure_lake)
+    storage.write_bytes("in/big.jsonl", data)
+    (f,) = resolve_inputs([azure_lake.rstrip("/") + "/in"]).files
+    by_line = dict(enumerate(data.split(b"\n"), start=1))
+    chunks, records, unreadable = _split_then_read(
+        f, lambda: storage.write_bytes("in/big.jsonl", b"\n" * 5 + data)
+    )
+    assert len(chunks) > 5
+    assert all(by_line[p] == payload for p, payload in records)
+    assert len(unreadable) == len(chunks) and not records
+    assert all("changed since it was listed" in d for _, d in unreadable)
+
+
+def test_a_long_lines_dead_letter_does_not_depend_on_read_sizes(monkeypatch):
+    """With a record limit under 1 KiB, a long line's dead-letter payload (its first bytes) was
+    cut at the limit or at the 1 KiB prefix depending on where the reader's 8 MB reads fell,
+    so a chunked run's dead letter differed from an unchunked run's."""
+    import io
+
+    monkeypatch.setenv(lines.MAX_RECORD_BYTES_ENV, "20")
+    data = b'{"a":1}\n' + b"x" * 100 + b"\n"
+    f = InputFile("/", "x.jsonl", "jsonl", len(data), "t")
+    payloads = set()
+    for read_size in (3, 7, 64, 1 << 20):
+        monkeypatch.setattr(lines, "CHUNK_BYTES", read_size)
+        (block,) = read_blocks(f, lambda: io.BytesIO(data), 10)
+        payloads.add(bytes(block.payloads[1]))
+    assert payloads == {b"x" * 100 + b" ... [line of 100 bytes, longer than 20 bytes: cut]"}

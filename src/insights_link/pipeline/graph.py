@@ -155,7 +155,11 @@ class SplitFileFn(beam.DoFn):
         if not chunkable(f, self.chunk_bytes):
             yield f, activities, None
             return
-        chunks = plan_chunks(f, lambda: open_storage(f.root).open_read(f.key), self.chunk_bytes)
+        # read as listed (its version checked): chunks planned on one version, read from another,
+        # would give records wrong line numbers or lose and repeat them
+        chunks = plan_chunks(
+            f, lambda: open_storage(f.root).read_range(f.key, 0, f.size, f.version), self.chunk_bytes
+        )
         logger.info("%s: %d chunk(s) of about %d bytes", f.source, len(chunks), self.chunk_bytes)
         self.chunks.inc(len(chunks))
         for chunk in chunks:
@@ -179,7 +183,9 @@ class ReadBlocksFn(beam.DoFn):
         if chunk is None:
             opener = lambda: open_storage(f.root).open_read(f.key)  # noqa: E731
         else:
-            opener = lambda: open_storage(f.root).read_range(f.key, chunk.start, chunk.end)  # noqa: E731
+            # conditional on the version the chunks were planned on: a changed file is a clear
+            # unreadable-input error (named in the report), never shifted line numbers
+            opener = lambda: open_storage(f.root).read_range(f.key, chunk.start, chunk.end, f.version)  # noqa: E731
         count = 0
         for block in read_blocks(f, opener, self.block_records, chunk):
             block.activities = activities

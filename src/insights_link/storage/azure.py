@@ -53,6 +53,7 @@ from azure.storage.blob import ExponentialRetry as BlobExponentialRetry
 
 from insights_link.storage.base import (
     CredentialsError,
+    InputChanged,
     LockBusy,
     LockLost,
     ObjectInfo,
@@ -916,15 +917,35 @@ class AzureStorage:
             raise
         return cast(BinaryIO, spool)
 
-    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
-        """Bytes ``[start, end)`` of the blob (one ranged download) in a seekable temporary file."""
+    def read_range(self, key: str, start: int, end: int, version: str = "") -> BinaryIO:
+        """Bytes ``[start, end)`` of the blob (one ranged download) in a seekable temporary file;
+        with ``version`` (an ETag) the download is conditional (``If-Match``), so a chunk is
+        never read from a blob rewritten or appended to since its boundaries were planned."""
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES)
+        conditions: dict[str, Any] = (
+            {"etag": version, "match_condition": MatchConditions.IfNotModified} if version else {}
+        )
         try:
             if end > start:
                 with self._azure_errors("read", key):
-                    self._blob(key).download_blob(
-                        offset=start, length=end - start, max_concurrency=4
-                    ).readinto(spool)
+                    try:
+                        got = (
+                            self._blob(key)
+                            .download_blob(offset=start, length=end - start, max_concurrency=4, **conditions)
+                            .readinto(spool)
+                        )
+                    except (ResourceModifiedError, HttpResponseError) as exc:
+                        if not isinstance(exc, ResourceModifiedError) and exc.status_code != 412:
+                            raise
+                        raise InputChanged(
+                            f"{self.describe(key)} changed since it was listed (rewritten or appended "
+                            "to while it was read in chunks); export it again"
+                        ) from exc
+                if version and got < end - start:
+                    raise InputChanged(
+                        f"{self.describe(key)} ended {end - start - got} bytes early: it changed "
+                        "since it was listed"
+                    )
             spool.seek(0)
         except BaseException:
             spool.close()

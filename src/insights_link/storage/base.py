@@ -52,6 +52,11 @@ class PreconditionFailed(StorageError):
     """A conditional write found the object changed since the version the writer read."""
 
 
+class InputChanged(StorageError):
+    """An input file is no longer what the run listed (rewritten, appended to or truncated)
+    while it was being read in chunks: its chunk boundaries and line numbers no longer hold."""
+
+
 class LockHandle(Protocol):
     """A held lock: ``check()`` raises :class:`LockLost` once it can no longer be trusted."""
 
@@ -98,9 +103,12 @@ class Storage(Protocol):
 
     def open_read(self, key: str) -> BinaryIO: ...
 
-    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
+    def read_range(self, key: str, start: int, end: int, version: str = "") -> BinaryIO:
         """The bytes ``[start, end)`` of the object as a readable stream (a chunk of a large
-        input file, read by one worker without fetching the rest)."""
+        input file, read by one worker without fetching the rest). With ``version`` (the
+        listing's :attr:`ObjectInfo.version`), raises :class:`InputChanged` when the object is
+        no longer at that version, or ends before ``end``. Without it, a range past the end
+        just ends there."""
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
@@ -140,10 +148,14 @@ class Storage(Protocol):
 class RangeReader(io.RawIOBase):
     """At most ``length`` bytes of an open binary file, from where it stands (closes it too)."""
 
-    def __init__(self, raw: BinaryIO, length: int) -> None:
+    def __init__(self, raw: BinaryIO, length: int, name: str = "", check=None) -> None:
         super().__init__()
         self.raw = raw
         self.left = max(length, 0)
+        self.name = name or "the input"
+        #: called once the range is read, to raise if the file changed meanwhile; a checked range
+        #: that ends early was truncated (an unchecked one just ends, like ``read``)
+        self.check = check
 
     def readable(self) -> bool:
         return True
@@ -152,16 +164,22 @@ class RangeReader(io.RawIOBase):
         if self.left <= 0:
             return 0
         view = memoryview(buffer).cast("B")[: self.left]
-        got = self.raw.readinto(view)  # type: ignore[attr-defined]
-        self.left -= got or 0
-        return got or 0
+        got = self.raw.readinto(view) or 0  # type: ignore[attr-defined]
+        self.left -= got
+        if not got and self.left > 0 and self.check is not None:  # a checked range: truncated
+            raise InputChanged(f"{self.name} ended {self.left} bytes early: it changed since it was listed")
+        if self.left <= 0 and self.check is not None:
+            self.check()
+        return got
 
     def close(self) -> None:
         self.raw.close()
         super().close()
 
 
-def range_stream(raw: BinaryIO, start: int, end: int) -> BinaryIO:
-    """``raw`` positioned at ``start``, ending at ``end`` (buffered: ``read1`` works)."""
+def range_stream(raw: BinaryIO, start: int, end: int, name: str = "", check=None) -> BinaryIO:
+    """``raw`` positioned at ``start``, ending at ``end`` (buffered: ``read1`` works); ``check``
+    runs when the range has been read (see :class:`RangeReader`)."""
     raw.seek(start)
-    return io.BufferedReader(RangeReader(raw, end - start), buffer_size=1 << 20)  # type: ignore[return-value]
+    reader = RangeReader(raw, end - start, name, check)
+    return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from insights_link.storage.base import (
+    InputChanged,
     LockBusy,
     LockLost,
     ObjectInfo,
@@ -70,6 +71,11 @@ def _local_version(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{st.st_mtime_ns}:{st.st_size}"
 
 
+def _listed_version(st: os.stat_result) -> str:
+    """An input file's :attr:`ObjectInfo.version` as listed: inode and change time."""
+    return f"{st.st_ino}:{st.st_ctime_ns}"
+
+
 class LocalLock:
     """A held ``flock`` on a lock file; lost when the file at the path is no longer the one
     locked (removed or replaced: a new file would be a second, independent lock)."""
@@ -112,9 +118,7 @@ class LocalStorage:
             return None
         if not os.path.isfile(self._path(key)):
             return None
-        return ObjectInfo(
-            key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC), f"{st.st_ino}:{st.st_ctime_ns}"
-        )
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC), _listed_version(st))
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
@@ -128,7 +132,7 @@ class LocalStorage:
                 rel = os.path.relpath(full, self.root).replace(os.sep, "/")
                 st = os.stat(full)
                 modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
-                found.append(ObjectInfo(rel, st.st_size, modified, f"{st.st_ino}:{st.st_ctime_ns}"))
+                found.append(ObjectInfo(rel, st.st_size, modified, _listed_version(st)))
         return sorted(found, key=lambda o: o.key)
 
     def folders(self, prefix: str = "") -> list[str]:
@@ -151,8 +155,26 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
-    def read_range(self, key: str, start: int, end: int) -> BinaryIO:
-        return range_stream(self.open_read(key), start, end)
+    def read_range(self, key: str, start: int, end: int, version: str = "") -> BinaryIO:
+        """Checked against ``version`` when opened and again once the range is read (an
+        append or an in-place rewrite changes the change time), so a chunk is never read from
+        a file other than the one its boundaries were planned on."""
+        raw = self.open_read(key)
+        path = self._path(key)
+
+        def check() -> None:
+            if version and _listed_version(os.fstat(raw.fileno())) != version:
+                raise InputChanged(
+                    f"{path} changed since it was listed (rewritten, appended to or truncated "
+                    "while it was read in chunks); export it again"
+                )
+
+        try:
+            check()
+        except BaseException:
+            raw.close()
+            raise
+        return range_stream(raw, start, end, path, check if version else None)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as f:

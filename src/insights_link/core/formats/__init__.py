@@ -16,6 +16,7 @@ from typing import BinaryIO
 from insights_link.core.blocks import CHUNK_BLOCK_STRIDE, Chunk, InputFile, RawBlock
 from insights_link.core.formats import avro, csv, jsonl
 from insights_link.core.formats.lines import Batch, line_boundaries
+from insights_link.errors import InsightsLinkError
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,15 @@ def chunkable(f: InputFile, chunk_bytes: int) -> bool:
 def plan_chunks(f: InputFile, open_raw: Callable[[], BinaryIO], chunk_bytes: int) -> list[Chunk]:
     """``f`` cut at line boundaries into chunks of about ``chunk_bytes`` (one read of the file,
     counting line ends so each chunk knows its first line number). A file that isn't
-    :func:`chunkable`, or can't be read through, is one chunk covering it all."""
+    :func:`chunkable`, or can't be read through (a storage error, or it changed since it was
+    listed: ``open_raw`` checks its version), is one chunk covering it all: read whole, the way
+    an unchunked run reads it."""
     if not chunkable(f, chunk_bytes):
         return [Chunk(0, 0, f.size, 0)]
     try:
         with open_raw() as stream:
             ranges = line_boundaries(stream, f.size, chunk_bytes)
-    except OSError as exc:  # the whole-file read reports it as unreadable, the usual way
+    except (OSError, InsightsLinkError) as exc:  # the whole-file read reports what is wrong
         logger.warning("cannot cut %s into chunks (%s); reading it whole", f.source, exc)
         return [Chunk(0, 0, f.size, 0)]
     return [Chunk(k, start, end, before) for k, (start, end, before) in enumerate(ranges)]

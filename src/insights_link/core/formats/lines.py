@@ -98,6 +98,8 @@ class Unfinished:
     def add(self, piece: bytes) -> None:
         if self.long is not None:
             self.long.length += len(piece)
+            if len(self.long.prefix) < PREFIX_BYTES + 4:  # its start never depends on read sizes
+                self.long.prefix += piece[: PREFIX_BYTES + 4 - len(self.long.prefix)]
             if self.long.blank and not is_blank(piece):
                 self.long.blank = False
         elif self.size + len(piece) > self.limit:
