@@ -346,6 +346,9 @@ def hostile_lines(draw) -> bytes:
         _set(sig, field, draw(st.sampled_from(_ODD_VALUES)))
     if draw(st.booleans()):
         sig["Device"] = draw(st.sampled_from([{"Type": "desktop"}, None, [1, {"a": None}], "x"]))
+    deep = draw(st.sampled_from([0] * 6 + [40, 255, 257, 1200, 5000]))
+    if deep:  # nesting Python's json gives up on (about 1000 levels less the caller's stack)
+        sig["Deep"] = "@@DEEP@@"
     shape = draw(st.sampled_from(["nested", "flat", "mixed", "dupkey", "raw", "spaced", "ascii"]))
     if shape == "flat":
         text = json.dumps({f"Signal.{k}": v for k, v in sig.items()})
@@ -375,6 +378,7 @@ def hostile_lines(draw) -> bytes:
         text = text.replace("\n", draw(st.sampled_from([" ", "\t", "\r", ""])))
     else:
         text = json.dumps({"Signal": sig}, separators=(",", ":"), ensure_ascii=shape == "ascii")
+    text = text.replace('"@@DEEP@@"', "[" * deep + "]" * deep)
     data = text.encode("utf-8", errors="surrogatepass")
     if draw(st.integers(0, 5)) == 0:  # broken UTF-8 somewhere in the line
         at = draw(st.integers(0, len(data)))
@@ -406,6 +410,26 @@ def _everything(result) -> tuple:
 def test_whole_results_agree_on_hostile_bytes(payloads, spec):
     block = RawBlock("mem.jsonl", 3, 0, "jsonl", list(range(1, len(payloads) + 1)), payloads)
     assert _everything(process_jsonl_block(block, spec)) == _everything(process_block_reference(block, spec))
+
+
+def test_deeply_nested_lines_agree():
+    """A valid event with an extra value nested 5000 deep: the reference path rejects it as
+    malformed (Python's json stops about 1000 levels down) and the fast path took it, so one
+    line was a row or a dead letter depending on the path. Deep lines now go to the reference
+    path; lines of any length nested shallowly still take the fast path."""
+    from insights_link.core.fastpath import vectorized_check
+
+    plain = json.dumps({"Signal": _VALID_SIGNAL})[:-1]
+    lines = [
+        (plain + ', "X": ' + "[" * depth + "]" * depth + pad + "}").encode()
+        for depth in (5000, 1200, 300, 200, 3)
+        for pad in ("", ', "P": "' + "p" * 600 + '"')
+    ]
+    block = RawBlock("mem.jsonl", 0, 0, "jsonl", list(range(1, len(lines) + 1)), lines)
+    assert _everything(process_jsonl_block(block, SPEC)) == _everything(process_block_reference(block, SPEC))
+    assert vectorized_check(block, SPEC)["i"].to_pylist() == [6, 7, 8, 9]  # 200 and 3 deep
+    reasons = {d["position"]: d["detail"] for d in process_jsonl_block(block, SPEC).dead_letters}
+    assert set(reasons) == {1, 2, 3, 4} and all("recursion" in d for d in reasons.values())
 
 
 def test_gate_leaves_escapes_and_flat_keys_to_the_reference_path():

@@ -56,6 +56,15 @@ _EPOCH_MIN, _EPOCH_MAX = -2208988800000, 32503680000000
 # What DuckDB's JSON reader accepts and Python's does not: trailing commas and nan/inf literals.
 # Separate patterns that each start with a literal run several times faster than one alternation.
 _LENIENT = (r",\s*[}\]]", r":\s*[-+]?[nNiI][aAnN]", r",\s*[-+]?[nNiI][aAnN]", r"\[\s*[-+]?[nNiI][aAnN]")
+# Nesting the reference path can always decode: Python's json raises RecursionError about 1000
+# levels deep less the caller's stack depth (a runner's worker is deeper than a test), so such a
+# line is malformed there and DuckDB would take it. A line of 512 bytes nests at most 256 deep; a
+# longer one must hold at most 256 opening brackets (counted only for long lines: most are short).
+_MAX_BRACKETS = 256
+_SHALLOW = (
+    f"CASE WHEN strlen(line) <= {2 * _MAX_BRACKETS} THEN true "
+    f"ELSE strlen(line) - strlen(replace(replace(line, '[', ''), '{{', '')) <= {_MAX_BRACKETS} END"
+)
 _BATCH_ROWS = 16_384  # several Arrow batches per block let DuckDB use every core
 
 
@@ -110,7 +119,7 @@ def _query(paths: list[str]) -> str:
         SELECT i, line,
                line IS NOT NULL AND starts_with(line, '{{') AND NOT contains(line, '\\')
                AND position('"Signal.' IN line) = 0 AND json_valid(line)
-               AND NOT ({lenient}) AS gate
+               AND NOT ({lenient}) AND {_SHALLOW} AS gate
         FROM src
     ), extracted AS (
         SELECT i, CASE WHEN gate THEN json_extract(line, {path_list})::VARCHAR[] END AS s
