@@ -432,6 +432,18 @@ def test_deeply_nested_lines_agree():
     assert set(reasons) == {1, 2, 3, 4} and all("recursion" in d for d in reasons.values())
 
 
+def test_an_escaped_character_beside_deep_nesting_is_decoded_not_a_crash():
+    """An escaped emoji (``json.dumps``' default ``\\ud83d\\ude00``) in a line with a value
+    nested 500 deep: Python decodes it, then the lone-surrogate check recursed two frames per
+    level and raised RecursionError out of the block, ending the run. Now it is a row."""
+    text = json.dumps({"Signal": dict(_VALID_SIGNAL, Export={"Id": "\U0001f600"}, Deep="@@")})
+    line = text.replace('"@@"', "[" * 500 + "]" * 500).encode()
+    block = RawBlock("mem.jsonl", 0, 0, "jsonl", [1], [line])
+    reference = process_block_reference(block, SPEC)
+    assert reference.table["ActivityId"].to_pylist() == ["\U0001f600"]
+    assert _everything(process_jsonl_block(block, SPEC)) == _everything(reference)
+
+
 def test_gate_leaves_escapes_and_flat_keys_to_the_reference_path():
     """Lines with a backslash or a flat ``Signal.`` key never take the fast path, valid or not."""
     from insights_link.core.fastpath import vectorized_check
