@@ -127,3 +127,40 @@ def test_dask_runner_arguments_pass_the_strict_check(tmp_path):
     )
     assert typo.returncode == 2
     assert "--dask_client_adress" in typo.stderr and "Traceback" not in typo.stderr
+
+
+def test_the_same_dask_run_twice_commits_once(tmp_path, dask_cluster):
+    """Idempotent on the DaskRunner too: the second run of the same inputs skips them all
+    (reported as skipped) and the lake holds exactly the first run's rows and dead letters."""
+    args = ("--runner", "DaskRunner", "--dask_client_address", dask_cluster, "--chunk-mb", "0.002")
+    first = export_run(SAMPLE, tmp_path / "lake", "run-one", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows, letters, _ = _outcome(tmp_path / "lake")
+    second = export_run(SAMPLE, tmp_path / "lake", "run-two", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ds = tmp_path / "lake" / "EngagementInsights"
+    assert read_activities(ds).to_pylist() == rows and dead_letters(ds) == letters
+    (again,) = [r for r in run_reports(ds) if r["run_id"] == "run-two"]
+    assert again["inputs"] and {i["status"] for i in again["inputs"]} == {"skipped"}
+
+
+def test_a_dead_scheduler_is_one_line_and_exit_1(tmp_path):
+    """No scheduler at the address: after --dask_connection_timeout, one line naming the
+    address, exit 1 (the run failed, nothing committed), no traceback and no data written."""
+    address = f"tcp://{HOST}:{_free_port()}"  # nothing listens there
+    dead = export_run(
+        SAMPLE,
+        tmp_path / "lake",
+        "run-dead",
+        "--runner",
+        "DaskRunner",
+        "--dask_client_address",
+        address,
+        "--dask_connection_timeout",
+        "1",
+    )
+    assert dead.returncode == 1
+    last = dead.stderr.strip().splitlines()[-1]
+    assert "nothing committed" in last and address in last, dead.stderr[-2000:]
+    assert "Traceback" not in dead.stderr
+    assert not list((tmp_path / "lake" / "EngagementInsights").glob("*/*.parquet"))
