@@ -318,3 +318,30 @@ def test_a_long_lines_dead_letter_does_not_depend_on_read_sizes(monkeypatch):
         (block,) = read_blocks(f, lambda: io.BytesIO(data), 10)
         payloads.add(bytes(block.payloads[1]))
     assert payloads == {b"x" * 100 + b" ... [line of 100 bytes, longer than 20 bytes: cut]"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(LINE_PARTS[:6]), st.sampled_from(ENDS)), min_size=1, max_size=60
+    ),
+    chunk_bytes=st.integers(min_value=1, max_value=120),
+)
+def test_block_numbers_of_chunks_never_collide_whatever_the_block_size(picks, chunk_bytes):
+    """One record per block (``--block-records 1``): chunks numbered their blocks from a fixed
+    stride of a million, so a chunk of over a million blocks took the next chunk's numbers, and
+    its staged pieces and dead-letter members the same names (one overwriting the other). Now
+    each chunk's block numbers lie within its byte range: unique and in file order, as names too."""
+    import io
+
+    from insights_link.pipeline.graph import block_name
+
+    data = b"".join(line + end for line, end in picks)
+    f = InputFile("/", "x.jsonl", "jsonl", len(data), "t")
+    indexes = []
+    for c in plan_chunks(f, lambda: io.BytesIO(data), chunk_bytes):
+        numbers = [b.index for b in read_blocks(f, lambda c=c: io.BytesIO(data[c.start : c.end]), 1, c)]
+        assert all(c.start <= n < max(c.end, c.start + 1) for n in numbers)
+        indexes.extend(numbers)
+    names = [block_name(n) for n in indexes]
+    assert len(set(indexes)) == len(indexes) and indexes == sorted(indexes) and names == sorted(names)

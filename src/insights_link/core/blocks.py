@@ -51,7 +51,11 @@ class Chunk:
     lines_before: int
 
 
-#: block numbers of chunk ``k`` start at ``k * CHUNK_BLOCK_STRIDE``: unique and in file order
+#: block numbers at and over this get the long staged name (see ``pipeline.graph.block_name``).
+#: Block numbers of a chunk start at its first byte offset: a chunk of ``n`` bytes has fewer
+#: than ``n`` blocks (every record takes a byte and a line end), so chunks never share a number
+#: whatever ``--block-records`` is, and numbers follow file order (a fixed stride per chunk did
+#: not: a chunk of over a million blocks, ``--block-records 1``, ran into the next one's names)
 CHUNK_BLOCK_STRIDE = 1_000_000
 
 

@@ -73,10 +73,11 @@ NAMES_SEEN = "event_names_seen"
 
 
 def block_name(index: int) -> str:
-    """A block number as a name that sorts in file order: six digits as ever, and numbers from
-    a second chunk on (``CHUNK_BLOCK_STRIDE`` and up) after ``~``, which sorts after every digit.
-    Dead-letter members are published in name order, so this keeps them in file order."""
-    return f"{index:06d}" if index < CHUNK_BLOCK_STRIDE else f"~{index:013d}"
+    """A block number as a name that sorts in file order: six digits as ever, and larger numbers
+    (later chunks start at their byte offset) after ``~``, which sorts after every digit, with
+    16 digits (any file size). Dead-letter members are published in name order, so this keeps
+    them in file order."""
+    return f"{index:06d}" if index < CHUNK_BLOCK_STRIDE else f"~{index:016d}"
 
 
 def empty_counts() -> dict:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import BinaryIO
 
-from insights_link.core.blocks import CHUNK_BLOCK_STRIDE, Chunk, InputFile, RawBlock
+from insights_link.core.blocks import Chunk, InputFile, RawBlock
 from insights_link.core.formats import avro, csv, jsonl
 from insights_link.core.formats.lines import Batch, line_boundaries
 from insights_link.errors import InsightsLinkError
@@ -92,7 +92,7 @@ def read_blocks(
         first_index, position = 0, 0
     else:
         reader = partial(jsonl.batches, lines_before=chunk.lines_before, at_file_start=chunk.start == 0)
-        first_index, position = chunk.index * CHUNK_BLOCK_STRIDE, chunk.lines_before
+        first_index, position = chunk.start, chunk.lines_before  # see blocks.CHUNK_BLOCK_STRIDE
     block = RawBlock(f.source, f.rank, first_index, f.fmt)
     try:
         with _decompressed(f, open_raw()) as stream:
