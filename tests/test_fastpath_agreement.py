@@ -444,6 +444,22 @@ def test_an_escaped_character_beside_deep_nesting_is_decoded_not_a_crash():
     assert _everything(process_jsonl_block(block, SPEC)) == _everything(reference)
 
 
+def test_a_property_named_star_is_read_by_the_reference_path():
+    """``--property Signal.*`` (a key named ``*``): DuckDB reads ``*`` in a path as a wildcard
+    even quoted and refused the block query (Binder Error), failing the run. Such an activity's
+    blocks now take the reference path, which reads the key ``*`` literally."""
+    spec = ActivitySpec("WebLog", "Web", ("Signal.*", "Signal.X.*"), "r1", datetime(2026, 1, 1, tzinfo=UTC))
+    lines = [
+        json.dumps({"Signal": dict(_VALID_SIGNAL, **{"*": "star", "X": {"*": "x"}})}).encode(),
+        json.dumps({"Signal": _VALID_SIGNAL}).encode(),
+    ]
+    block = RawBlock("mem.jsonl", 0, 0, "jsonl", [1, 2], lines)
+    result = process_jsonl_block(block, spec)
+    assert _everything(result) == _everything(process_block_reference(block, spec))
+    star_column = spec.schema().names[8]  # the first --property's column
+    assert result.table.sort_by(POSITION)[star_column].to_pylist() == ["star", None]
+
+
 def test_gate_leaves_escapes_and_flat_keys_to_the_reference_path():
     """Lines with a backslash or a flat ``Signal.`` key never take the fast path, valid or not."""
     from insights_link.core.fastpath import vectorized_check

@@ -82,6 +82,13 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def addressable(properties: tuple[str, ...]) -> bool:
+    """Whether DuckDB can extract every property by path: a part ``*`` is a wildcard to it even
+    quoted (``--property Signal.*`` names a key ``*``, and failed the block query with a Binder
+    Error). Blocks of an activity with such a property all take the reference path."""
+    return not any(part == "*" for prop in properties for part in prop.split("."))
+
+
 def _json_path(prop: str) -> str:
     return "$." + ".".join(part if part.isidentifier() else f'"{part}"' for part in prop.split("."))
 
@@ -173,7 +180,7 @@ def vectorized_check(block: RawBlock, spec: ActivitySpec) -> pa.Table:
 def process_jsonl_block(block: RawBlock, spec: ActivitySpec) -> BlockResult:
     """Validate and map a JSON-lines block: plainly valid rows vectorized, the rest by reference."""
     n = len(block.payloads)
-    if n == 0:
+    if n == 0 or not addressable(spec.properties):
         return process_block_reference(block, spec)
     fast = vectorized_check(block, spec)
     present = {prop: fast.num_rows - fast[f"p{j}"].null_count for j, prop in enumerate(spec.properties)}
