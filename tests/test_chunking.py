@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,8 @@ def test_export_is_identical_whatever_the_chunk_size(tmp_path):
         extra = ("--chunk-mb", chunk_mb) if chunk_mb else ()
         done = export_run(source, lake, "run-chunks", *extra, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
+        # progress counts files, not chunks (it showed "21/2 files")
+        assert not re.search(r"progress: ([3-9]|\d\d+)/2 files", done.stderr), done.stderr[-2000:]
         ds = lake / "EngagementInsights"
         rows = read_activities(ds).sort_by([("ActivityId", "ascending")])
         (report,) = run_reports(ds)
@@ -345,3 +348,29 @@ def test_block_numbers_of_chunks_never_collide_whatever_the_block_size(picks, ch
         indexes.extend(numbers)
     names = [block_name(n) for n in indexes]
     assert len(set(indexes)) == len(indexes) and indexes == sorted(indexes) and names == sorted(names)
+
+
+def test_an_export_whose_input_changes_between_split_and_chunks_fails_on_unreadable(tmp_path):
+    """End to end: the run pauses right before its first chunk read, the input is rewritten
+    (three lines added at the top: every later line number shifts), the run goes on. The
+    changed chunks are an unreadable input named in the output; with --fail-on-unreadable the
+    run exits 3 and commits nothing (it used to commit every record under another line's number
+    and lose the last ones)."""
+    from conftest import RUN_TIME, start_cli
+    from faults.lake_checks import wait_for_file
+
+    source = tmp_path / "in"
+    path = write_jsonl(source / "big.jsonl", [event(f"id-{i}") for i in range(300)])
+    pause = tmp_path / "pause"
+    env = {"INSIGHTS_LINK_PAUSE_STORAGE": "read_range:big.jsonl:2", "INSIGHTS_LINK_PAUSE_FILE": str(pause)}
+    args = ["--output", str(tmp_path / "lake"), "--run-id", "r1", "--run-time", RUN_TIME]
+    proc = start_cli(
+        "export", "--input", str(source), *args, "--chunk-mb", "0.002", "--fail-on-unreadable", env=env
+    )
+    wait_for_file(pause, proc)
+    _replace(path, b"\n" * 3 + path.read_bytes())
+    pause.unlink()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    assert "changed since it was listed" in out + err
+    assert not list((tmp_path / "lake").glob("**/*.parquet"))

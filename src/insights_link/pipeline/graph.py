@@ -196,7 +196,8 @@ class ReadBlocksFn(beam.DoFn):
             yield block
         if chunk is None or chunk.index == 0:
             self.files_read.inc()  # once per file
-        checkpoint("file_read", source=f.source, size=f.size)
+        if chunk is None or chunk.end >= f.size:  # once per file (progress showed "21/1 files")
+            checkpoint("file_read", source=f.source, size=f.size)
         where = f" (chunk {chunk.index}, bytes {chunk.start}-{chunk.end})" if chunk else ""
         logger.info("read %s%s: %d records", f.source, where, count)
 
