@@ -130,7 +130,10 @@ class LocalStorage:
             for name in files:
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, self.root).replace(os.sep, "/")
-                st = os.stat(full)
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:  # renamed or deleted by a writer since the walk saw it
+                    continue
                 modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
                 found.append(ObjectInfo(rel, st.st_size, modified, _listed_version(st)))
         return sorted(found, key=lambda o: o.key)
